@@ -1,0 +1,231 @@
+"""The AdaKD loss: difficulty -> LATF selection -> IDTS temperatures -> base divergence, over the GLOBAL batch.
+
+Two passes over chunks of tokens: difficulty without grad first, then the loss (and its gradient) on the selected
+tokens only. The statistics (N, the top-k threshold, the median) are taken over every rank's valid tokens, so N ranks
+give exactly what one process holding the whole batch would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adakd_ds.chunked_grad import GradBuffer
+from adakd_ds.config import Indicator, LossConfig
+from adakd_ds.difficulty import parse_indicator, token_difficulty
+from adakd_ds.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
+from adakd_ds.idts import idts_temperatures, lower_median
+from adakd_ds.latf import LATFController, select_top_ratio
+from adakd_ds.losses import get_divergence, parse_divergence
+from adakd_ds.losses._common import tempered_log_probs, work_dtype
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossStats:
+    """What one forward saw, globally: for the progress bar, TensorBoard and the LATF controller."""
+
+    loss: float  # the global objective L
+    kd_loss: float
+    ce_loss: float
+    ratio: float
+    k: int  # selected tokens (global)
+    n: int  # valid tokens (global)
+    tau_min: float = 1.0
+    tau_mean: float = 1.0
+    tau_max: float = 1.0
+    diff_mean: float = 0.0
+    diff_q10: float = 0.0
+    diff_q50: float = 0.0
+    diff_q90: float = 0.0
+    rank_share: list[float] = field(default_factory=list)  # fraction of the selected tokens held by each rank
+    taus: Tensor | None = None  # per selected token, global order
+    scores: Tensor | None = None  # per valid token, global order
+    selected: Tensor | None = None  # bool per valid token, global order
+
+
+@dataclass
+class _Flat:
+    student: Tensor  # [T, Vs]
+    teacher: Tensor | None  # [T, Vt >= Vs]
+    labels: Tensor  # [T]
+    valid_rows: Tensor  # [n_local] row indices
+
+
+class AdaKDLoss(torch.nn.Module):
+    """Base divergence +/- AdaKD (+ optional label CE), returning a rank-local loss that DeepSpeed can average."""
+
+    def __init__(self, cfg: LossConfig, total_steps: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.divergence = get_divergence(parse_divergence(cfg.divergence), cfg)
+        self.indicator = parse_indicator(cfg.indicator)
+        self.controller = LATFController(cfg, total_steps)
+        self.generator = torch.Generator().manual_seed(seed)  # identical on all ranks: drives `random` only
+
+    # ----------------------------------------------------------------------------------------------------- checks
+    def _flatten(self, student: Tensor, teacher: Tensor | None, labels: Tensor, mask: Tensor | None) -> _Flat:
+        if student.dim() < 2:
+            raise ValueError(f"student logits must be [..., V], got shape {tuple(student.shape)}")
+        if labels.shape != student.shape[:-1]:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match student logits {tuple(student.shape)}")
+        if mask is not None and mask.shape != labels.shape:
+            raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match labels {tuple(labels.shape)}")
+        vs = student.shape[-1]
+        s = student.reshape(-1, vs)
+        t = None
+        if teacher is not None:
+            if teacher.shape[:-1] != student.shape[:-1]:
+                raise ValueError(
+                    f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)} differ in shape"
+                )
+            if teacher.shape[-1] < vs:
+                raise ValueError(
+                    f"vocab mismatch: teacher vocab {teacher.shape[-1]} is smaller than the student's {vs}; "
+                    "the models must share a tokenizer (a teacher vocab padded beyond the student's is sliced)"
+                )
+            t = teacher.detach().reshape(-1, teacher.shape[-1])
+        flat_labels = labels.reshape(-1)
+        valid = flat_labels != IGNORE_INDEX
+        if mask is not None:
+            valid &= mask.reshape(-1).bool()
+        if bool(((flat_labels[valid] < 0) | (flat_labels[valid] >= vs)).any()):
+            raise ValueError(f"labels must be -100 or in [0, {vs}), got values outside that range")
+        return _Flat(s, t, flat_labels, valid.nonzero().squeeze(1))
+
+    # ------------------------------------------------------------------------------------------------- pass one
+    def _local_scores(self, flat: _Flat) -> tuple[Tensor, bool]:
+        """Difficulty of every local valid token (no grad) and whether every logit seen was finite."""
+        vs = flat.student.shape[-1]
+        dtype = work_dtype(flat.student)
+        rows = flat.valid_rows
+        scores = torch.zeros(rows.numel(), dtype=dtype, device=flat.student.device)
+        finite = True
+        for start in range(0, rows.numel(), self.cfg.chunk_size):
+            idx = rows[start : start + self.cfg.chunk_size]
+            s = flat.student.detach().index_select(0, idx).to(dtype)
+            finite &= bool(torch.isfinite(s).all())
+            if flat.teacher is None:
+                continue
+            t = flat.teacher.index_select(0, idx)[:, :vs].to(dtype)
+            finite &= bool(torch.isfinite(t).all())
+            if self.indicator is not Indicator.RANDOM:
+                scores[start : start + idx.numel()] = token_difficulty(self.indicator, s, t, flat.labels[idx])
+        return scores, finite
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        labels: Tensor,
+        attention_mask: Tensor | None = None,
+    ) -> tuple[Tensor, LossStats]:
+        cfg = self.cfg
+        use_kd = cfg.kd_ratio > 0.0
+        if use_kd and teacher_logits is None:
+            raise ValueError("teacher logits are required when loss.kd_ratio > 0")
+        flat = self._flatten(student_logits, teacher_logits if use_kd else None, labels, attention_mask)
+        rank, world = world_info()
+        dev = flat.student.device
+
+        scores_local, finite = self._local_scores(flat)
+        n_local = flat.valid_rows.numel()
+        # collective 1: counts and health, so a bad rank fails every rank with the same message (no hang)
+        table = all_gather_rows(torch.tensor([n_local, int(not finite)], dtype=torch.long, device=dev))
+        counts = [int(c) for c in table[:, 0]]
+        bad = [r for r in range(world) if int(table[r, 1])]
+        if bad:
+            raise ValueError(f"non-finite (NaN/inf) logits on rank(s) {bad}")
+        n_global = sum(counts)
+        if n_global == 0:
+            raise ValueError("no valid token in the global micro-batch: every label is -100 (or masked out)")
+        offset = sum(counts[:rank])
+
+        buffer = GradBuffer(flat.student)
+        stats = LossStats(loss=0.0, kd_loss=0.0, ce_loss=0.0, ratio=1.0, k=0, n=n_global)
+        kd_sum = torch.zeros((), dtype=work_dtype(flat.student), device=dev)
+        if use_kd:
+            # collective 2: every rank's scores, in rank order = global token order
+            scores, _, _ = gather_variable(scores_local, counts)
+            if self.indicator is Indicator.RANDOM:
+                scores = (
+                    torch.rand(n_global, generator=self.generator, dtype=torch.float64).to(scores_local.dtype).to(dev)
+                )
+            ratio = self.controller.ratio if cfg.use_latf else 1.0
+            selected = select_top_ratio(scores, ratio) if cfg.use_latf else torch.ones_like(scores, dtype=torch.bool)
+            k_global = int(selected.sum())
+            taus_global = torch.full((n_global,), float(cfg.temperature), dtype=scores.dtype, device=dev)
+            if cfg.use_idts:
+                median = lower_median(scores[selected])
+                taus_global[selected] = idts_temperatures(
+                    scores[selected], median, cfg.temperature, cfg.c, cfg.inverse_sign
+                )
+            local_sel = selected[offset : offset + n_local]
+            rows = flat.valid_rows[local_sel]
+            taus = taus_global[offset : offset + n_local][local_sel]
+            vs = flat.student.shape[-1]
+
+            def kd_chunk(x: Tensor, pos: Tensor) -> Tensor:
+                tau = taus[pos].to(x.dtype)
+                t = flat.teacher.index_select(0, rows[pos])[:, :vs].to(x.dtype)
+                return (tau.square() * self.divergence(x, t, tau)).sum()
+
+            kd_sum = buffer.accumulate(rows, kd_chunk, cfg.chunk_size, cfg.kd_ratio * world / k_global)
+            self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
+            stats.k = k_global
+
+        ce_sum = torch.zeros_like(kd_sum)
+        if cfg.kd_ratio < 1.0:
+            labels_valid = flat.labels.index_select(0, flat.valid_rows)
+
+            def ce_chunk(x: Tensor, pos: Tensor) -> Tensor:
+                log_q = tempered_log_probs(x, 1.0)
+                return -log_q.gather(-1, labels_valid[pos].long().unsqueeze(-1)).sum()
+
+            ce_sum = buffer.accumulate(
+                flat.valid_rows, ce_chunk, cfg.chunk_size, (1.0 - cfg.kd_ratio) * world / n_global
+            )
+
+        k_norm = max(stats.k, 1)
+        local_loss = world * (cfg.kd_ratio * kd_sum / k_norm + (1.0 - cfg.kd_ratio) * ce_sum / n_global)
+        # collective 3: the global sums, for logging and the LATF step loss
+        sums = all_reduce_sum(torch.stack([kd_sum.to(torch.float64), ce_sum.to(torch.float64)]))
+        stats.kd_loss = float(sums[0]) / k_norm if use_kd else 0.0
+        stats.ce_loss = float(sums[1]) / n_global if cfg.kd_ratio < 1.0 else 0.0
+        stats.loss = cfg.kd_ratio * stats.kd_loss + (1.0 - cfg.kd_ratio) * stats.ce_loss
+        return buffer.attach(local_loss), stats
+
+    @staticmethod
+    def _fill_selection_stats(
+        stats: LossStats, scores: Tensor, selected: Tensor, taus: Tensor, counts: list[int], ratio: float
+    ) -> None:
+        sel_taus = taus[selected]
+        q = torch.quantile(scores.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=scores.device))
+        stats.ratio = ratio
+        stats.tau_min, stats.tau_mean, stats.tau_max = (
+            float(sel_taus.min()),
+            float(sel_taus.mean()),
+            float(sel_taus.max()),
+        )
+        stats.diff_mean = float(scores.double().mean())
+        stats.diff_q10, stats.diff_q50, stats.diff_q90 = (float(v) for v in q)
+        k = max(int(selected.sum()), 1)
+        bounds = [0]
+        for c in counts:
+            bounds.append(bounds[-1] + c)
+        stats.rank_share = [int(selected[bounds[r] : bounds[r + 1]].sum()) / k for r in range(len(counts))]
+        stats.taus, stats.scores, stats.selected = sel_taus.detach(), scores.detach(), selected
+
+    # ------------------------------------------------------------------------------------------- training state
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        """LATF state and the `random` indicator's generator: everything a bit-exact resume needs from the loss."""
+        return {"latf": self.controller.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_from_checkpoint(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["latf"])
+        self.generator.set_state(state["generator"])

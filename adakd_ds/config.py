@@ -1,0 +1,320 @@
+"""The run configuration: one dataclass tree is the single source of truth.
+
+A YAML/JSON file and ``--section.key value`` CLI overrides both fill it; an unknown key is an error that
+names the key and where it came from, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class Mode(str, enum.Enum):
+    SFT = "sft"  # labels only: teacher fine-tuning and the SFT baseline
+    DISTILL = "distill"
+
+
+class DType(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class DataFormat(str, enum.Enum):
+    AUTO = "auto"  # detected from the first record's keys
+    INSTRUCTION = "instruction"  # {instruction, input|context, output|response}
+    PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion}
+    MESSAGES = "messages"  # {messages: [{role, content}]} through the chat template
+
+
+class Divergence(str, enum.Enum):
+    FKL = "fkl"
+    RKL = "rkl"
+    JSD = "jsd"
+    TVD = "tvd"
+    SFKL = "sfkl"
+    SRKL = "srkl"
+    AB = "ab"
+
+
+class Indicator(str, enum.Enum):
+    HELLINGER = "hellinger"
+    FKL = "fkl"
+    RKL = "rkl"
+    JSD = "jsd"
+    CE = "ce"
+    ENTROPY = "entropy"
+    RANDOM = "random"
+
+
+class Schedule(str, enum.Enum):
+    COSINE = "cosine"  # linear warm-up, then cosine to min_lr_ratio * lr
+    CONSTANT = "constant"  # linear warm-up, then flat
+
+
+@dataclass
+class ModelConfig:
+    teacher: str | None = None  # HF path or directory; required for mode=distill
+    student: str | None = None  # HF path or directory to start from
+    student_config: str | None = None  # HF config (dir or config.json) to build a fresh student from
+    tokenizer: str | None = None  # defaults to the student, else the teacher
+    gradient_checkpointing: bool = False  # non-reentrant
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # local .jsonl/.json/.parquet file, or a hub dataset name when online
+    format: DataFormat = DataFormat.AUTO
+    split: str = "train"
+    max_prompt_len: int = 256  # longer prompts are cut from the left
+    max_len: int = 512  # prompt + response, cut from the right
+    eval_source: str | None = None  # held-out data for eval loss / KD divergence
+    cache_dir: str | None = None  # datasets' cache; None means the datasets default
+
+
+@dataclass
+class LossConfig:
+    divergence: Divergence = Divergence.RKL
+    adakd: bool = True  # master switch; latf / idts pick the parts for ablations
+    latf: bool = True
+    idts: bool = True
+    indicator: Indicator = Indicator.HELLINGER
+    temperature: float = 1.0  # tau_base (and the fixed temperature without IDTS)
+    # LATF ratio controller
+    ratio_init: float = 1.0
+    r_min: float = 0.1
+    ema_beta: float = 0.99
+    eps: float = 0.05
+    delta: float = 0.05
+    warmup_frac: float = 0.05
+    # IDTS
+    c: float = 0.5
+    inverse_sign: bool = True  # True: hard tokens get a LOW temperature (the method); False is the ablation
+    # divergence parameters
+    jsd_beta: float = 0.5
+    skew_lambda: float = 0.1
+    ab_alpha: float = 0.2
+    ab_beta: float = 0.7
+    # mixing and memory
+    kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
+    chunk_size: int = 1024  # tokens per fp32 [chunk, V] working set
+
+    @property
+    def use_latf(self) -> bool:
+        return self.adakd and self.latf
+
+    @property
+    def use_idts(self) -> bool:
+        return self.adakd and self.idts
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    schedule: Schedule = Schedule.COSINE
+    warmup_ratio: float = 0.03  # of total optimizer steps, for the lr
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int = -1  # > 0 overrides epochs
+    micro_batch: int = 4  # per rank
+    grad_accum: int = 1
+    seed: int = 42
+    dtype: DType = DType.FP32
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/adakd"
+    log_interval: int = 10  # optimizer steps between TensorBoard writes
+    save_interval: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # complete checkpoints kept by rotation
+    export: bool = True  # write a consolidated HF model at the end
+    tensorboard: bool = True
+
+
+@dataclass
+class DeepSpeedConfig:
+    student: str = "ds_configs/zero3.json"
+    teacher: str | None = None  # None: derived from the student's (stage 3, no optimizer)
+
+
+@dataclass
+class RunConfig:
+    mode: Mode = Mode.DISTILL
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    resume: str = "auto"  # auto | none | a checkpoint path
+    resume_force: bool = False
+
+    def validate(self) -> None:
+        """Reject settings that would fail late or train the wrong thing."""
+        problems = []
+        if self.mode is Mode.DISTILL and not self.model.teacher:
+            problems.append("model.teacher is required for mode=distill")
+        if not (self.model.student or self.model.student_config):
+            problems.append("set model.student (a model to load) or model.student_config (to build one)")
+        if not self.data.source:
+            problems.append("data.source is required")
+        if not 0.0 <= self.loss.kd_ratio <= 1.0:
+            problems.append(f"loss.kd_ratio must be in [0, 1], got {self.loss.kd_ratio}")
+        if not 0.0 < self.loss.r_min <= 1.0:
+            problems.append(f"loss.r_min must be in (0, 1], got {self.loss.r_min}")
+        if not self.loss.r_min <= self.loss.ratio_init <= 1.0:
+            problems.append(f"loss.ratio_init must be in [r_min, 1], got {self.loss.ratio_init}")
+        for name in ("micro_batch", "grad_accum", "epochs"):
+            if getattr(self.train, name) < 1:
+                problems.append(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+        if self.loss.chunk_size < 1:
+            problems.append(f"loss.chunk_size must be >= 1, got {self.loss.chunk_size}")
+        if self.data.max_prompt_len >= self.data.max_len:
+            problems.append("data.max_prompt_len must be smaller than data.max_len")
+        if problems:
+            raise ValueError("invalid config: " + "; ".join(problems))
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the annotated type, naming `where` on failure."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(value, args[0], where)
+    try:
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return tp(value.value if isinstance(value, enum.Enum) else str(value).lower())
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (ValueError, TypeError):
+        choices = ""
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            choices = " (choose from " + ", ".join(m.value for m in tp) + ")"
+        raise ConfigError(f"{where}: cannot read {value!r} as {getattr(tp, '__name__', tp)}{choices}") from None
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str, prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{where}: unknown config key '{path}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{path}' is a section and needs a mapping, got {value!r}")
+            _apply(current, value, where, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _convert(value, hints[key], f"{where}: '{path}'"))
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh) if path.endswith(".json") else yaml.safe_load(fh)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``--a.b v`` / ``--a.b=v`` into a nested dict; ``--local_rank`` from the launcher is dropped."""
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: expected --key value, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"command line: --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        key = key.replace("-", "_")
+        if key in ("local_rank", "local-rank"):
+            continue
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command line: --{key} conflicts with an earlier value")
+        node[leaf] = yaml.safe_load(value) if value not in ("",) else ""
+    return nested
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Build the RunConfig from defaults, then the file, then CLI overrides (last wins)."""
+    cfg = RunConfig()
+    if path:
+        _apply(cfg, _read_file(path), path)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides), "command line")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dict (enums as their values)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, enum.Enum):
+            out[f.name] = value.value
+        else:
+            out[f.name] = value
+    return out
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+    """Write the resolved config atomically, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,60 @@
+"""Token difficulty: how far the student is from the teacher on each token (temperature 1, no grad).
+
+Hellinger is the default because it is bounded in [0, 1] and symmetric, so one threshold and one median mean the
+same thing across the run; the other indicators are the paper's ablation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from adakd_ds.config import Indicator
+from adakd_ds.losses._common import kl_from_logs, log_mixture, tempered_log_probs
+
+
+def parse_indicator(name: Indicator | str) -> Indicator:
+    if isinstance(name, Indicator):
+        return name
+    try:
+        return Indicator(str(name).strip().lower())
+    except ValueError:
+        raise ValueError(
+            f"unknown indicator {name!r}; choose one of: {', '.join(i.value for i in Indicator)}"
+        ) from None
+
+
+@torch.no_grad()
+def hellinger(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """(1/sqrt 2) * ||sqrt p - sqrt q||_2, via the direct difference so identical inputs give exactly 0."""
+    sqrt_q = (0.5 * tempered_log_probs(student_logits, 1.0)).exp()
+    sqrt_p = (0.5 * tempered_log_probs(teacher_logits, 1.0)).exp()
+    return (sqrt_p - sqrt_q).square().sum(-1).sqrt() / math.sqrt(2.0)
+
+
+@torch.no_grad()
+def token_difficulty(
+    indicator: Indicator | str, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor
+) -> Tensor:
+    """Per-token score [T]; `random` is drawn globally by AdaKDLoss, so it is not computed here."""
+    kind = parse_indicator(indicator)
+    if kind is Indicator.HELLINGER:
+        return hellinger(student_logits, teacher_logits)
+    if kind is Indicator.RANDOM:
+        raise ValueError("the random indicator is drawn over the global batch by AdaKDLoss, not per token")
+    log_q = tempered_log_probs(student_logits, 1.0)
+    if kind is Indicator.CE:
+        return -log_q.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    if kind is Indicator.ENTROPY:
+        return -(log_q.exp() * log_q).sum(-1)
+    log_p = tempered_log_probs(teacher_logits, 1.0)
+    if kind is Indicator.FKL:
+        return kl_from_logs(log_p, log_q)
+    if kind is Indicator.RKL:
+        return kl_from_logs(log_q, log_p)
+    if kind is Indicator.JSD:
+        log_m = log_mixture(log_p, log_q, 0.5)
+        return 0.5 * kl_from_logs(log_p, log_m) + 0.5 * kl_from_logs(log_q, log_m)
+    raise AssertionError(f"unhandled indicator {kind}")  # the Enum is exhaustive above

@@ -1,0 +1,29 @@
+"""IDTS: inverse difficulty temperature scaling.
+
+Hard tokens (above the median) get a temperature below tau_base for a sharp, targeted correction; easy tokens get
+one above it, to learn the teacher's full, smooth distribution. The temperature is a constant of the loss (detached).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def lower_median(values: Tensor) -> Tensor:
+    """sorted(values)[(n - 1) // 2]: an element of the set, identical on every rank."""
+    if values.numel() == 0:
+        raise ValueError("median of an empty set of scores")
+    return torch.sort(values).values[(values.numel() - 1) // 2]
+
+
+@torch.no_grad()
+def idts_temperatures(
+    scores: Tensor, median: Tensor | float, tau_base: float, c: float, inverse_sign: bool = True
+) -> Tensor:
+    """tau_i = tau_base * exp(-+c * tanh(log(s_i / median))), within [tau_base e^-c, tau_base e^c]."""
+    median_t = torch.as_tensor(median, dtype=scores.dtype, device=scores.device)
+    ratio = (scores / median_t.clamp_min(torch.finfo(scores.dtype).tiny)).clamp_min(1e-8)
+    s_hat = torch.tanh(torch.log(ratio))
+    sign = -1.0 if inverse_sign else 1.0
+    return (tau_base * torch.exp(sign * c * s_hat)).detach()
