@@ -1,0 +1,93 @@
+"""Console entry points. Each turns bad input into ONE clear line and a non-zero exit, on rank 0 only."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from adakd_ds.preemption import EXIT_BAD_INPUT
+
+USAGE = """adakd-distill --config RUN.yaml [--section.key value ...]
+
+Launch with `deepspeed --num_gpus N launch/distill.py ...`, `torchrun --nproc_per_node N launch/distill.py ...`,
+or run `adakd-distill ...` as one process. Every config key can be overridden (e.g. --loss.divergence fkl);
+--resume auto|none|PATH and --resume-force choose how to continue. Exit codes: 0 done, 75 preempted
+(a checkpoint was written: run the same command to resume), 2 bad input, 1 failure."""
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _fail(prog: str, exc: BaseException) -> int:
+    if _rank() == 0:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
+
+
+def _normalise_flags(argv: list[str]) -> list[str]:
+    """--resume-force (a bare flag) is --resume_force true; everything else is --key value."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in ("--resume-force", "--resume_force") and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out[-1] = "--resume_force=true"
+    return out
+
+
+def _quiet_library_warnings() -> None:
+    """torch's c10d deprecation notes fire on every ZeRO-3 gather and bury the progress bar."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+
+
+def distill_main(argv: list[str] | None = None) -> int:
+    from adakd_ds.checkpoint import CheckpointError
+    from adakd_ds.config import ConfigError, load_config
+
+    _quiet_library_warnings()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            return _fail("adakd-distill", ConfigError("--config needs a path"))
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+    try:
+        cfg = load_config(config_path, _normalise_flags(argv))
+        cfg.validate()
+    except (ConfigError, ValueError) as exc:
+        return _fail("adakd-distill", exc)
+
+    from adakd_ds.recipe import DistillRecipe
+
+    recipe = DistillRecipe(cfg)
+    try:
+        recipe.setup()
+        return recipe.train()
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        return _fail("adakd-distill", exc)
+    finally:
+        recipe.close()
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    from adakd_ds.export import export_main as _export
+
+    return _export(argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from adakd_ds.evaluate import eval_main as _eval
+
+    return _eval(argv)
+
+
+def submit_main(argv: list[str] | None = None) -> int:
+    from adakd_ds.slurm_render import submit_main as _submit
+
+    return _submit(argv)

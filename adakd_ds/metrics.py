@@ -1,0 +1,84 @@
+"""Rank-0 logging: a tqdm bar with loss, r and tokens/s, and TensorBoard scalars and histograms."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from adakd_ds.adakd_loss import LossStats
+
+
+def scalars_from(stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float) -> dict[str, float]:
+    """The TensorBoard scalar tags, in one place so the tests and the README name the same ones."""
+    out = {
+        "loss/total": stats.loss,
+        "loss/kd": stats.kd_loss,
+        "loss/ce": stats.ce_loss,
+        "train/lr": lr,
+        "latf/r": stats.ratio,
+        "latf/k_over_n": stats.k / max(stats.n, 1),
+        "idts/tau_min": stats.tau_min,
+        "idts/tau_mean": stats.tau_mean,
+        "idts/tau_max": stats.tau_max,
+        "difficulty/mean": stats.diff_mean,
+        "difficulty/q10": stats.diff_q10,
+        "difficulty/q50": stats.diff_q50,
+        "difficulty/q90": stats.diff_q90,
+        "throughput/tokens_per_s": tokens_per_s,
+    }
+    if grad_norm is not None:
+        out["train/grad_norm"] = float(grad_norm)
+    return out
+
+
+class MetricsLogger:
+    """Does nothing on ranks other than 0, so callers need no rank checks."""
+
+    def __init__(self, log_dir: str | None, total_steps: int, start_step: int, enabled: bool, desc: str = "train"):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        if log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=log_dir)
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self._t0 = time.perf_counter()
+
+    def step(self, step: int, scalars: dict[str, float], stats: LossStats | None, write: bool) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(
+                loss=f"{scalars['loss/total']:.4f}",
+                r=f"{scalars['latf/r']:.3f}",
+                tok_s=f"{scalars['throughput/tokens_per_s']:.0f}",
+            )
+        if write and self.writer is not None:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+            if stats is not None and stats.taus is not None and stats.taus.numel():
+                self.writer.add_histogram("idts/tau", stats.taus.float().cpu(), step)
+            if stats is not None and stats.scores is not None and stats.scores.numel():
+                self.writer.add_histogram("difficulty/score", stats.scores.float().cpu(), step)
+
+    def text(self, tag: str, value: str, step: int = 0) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.add_text(tag, value, step)
+
+    def write(self, message: str) -> None:
+        if self.enabled:
+            (self.bar or tqdm).write(message)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()

@@ -1,0 +1,49 @@
+"""Preemption: a signal sets a flag; all ranks agree at the next step boundary, save, and exit with EXIT_PREEMPTED.
+
+The signal may reach only some ranks (Slurm sends it to the batch script, a user to one pid), so the decision is an
+all-reduce of the flag, taken by every rank at the same point of every step.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written, run the same command again to resume
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class PreemptionWatch:
+    """Catches SIGTERM/SIGUSR1; a second signal while saving is absorbed, so it cannot corrupt the checkpoint."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> PreemptionWatch:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+
+    def agreed(self, device: torch.device | str = "cpu") -> bool:
+        """True on every rank if any rank was signalled; a collective, so every rank calls it every step."""
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.long, device=device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

@@ -1,0 +1,317 @@
+"""The distillation recipe: a ZeRO-3 student learns from a ZeRO-3 inference teacher through the AdaKD loss.
+
+Read it top to bottom: setup() builds the data, the student, the teacher and the loss, and resumes; train() runs
+optimizer steps of `grad_accum` micro-steps; save_checkpoint() writes a crash-safe checkpoint. Every rank runs every
+forward and every collective in the same order, including a rank whose micro-batch has no response token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adakd_ds.adakd_loss import AdaKDLoss, LossStats
+from adakd_ds.checkpoint import CheckpointError, CheckpointManager, read_marker, resolve_resume
+from adakd_ds.config import Mode, RunConfig, config_to_dict, save_config
+from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint
+from adakd_ds.dist_stats import all_reduce_sum
+from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed
+from adakd_ds.ds_config import derive_teacher_config, fill_auto, load_ds_config
+from adakd_ds.export import export_hf
+from adakd_ds.latf import top_count
+from adakd_ds.metrics import MetricsLogger, scalars_from
+from adakd_ds.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.schedule import build_scheduler
+
+# Settings that a resumed run must share with the checkpoint, or it is not a continuation (--resume_force overrides).
+CONTINUATION_KEYS = (
+    ("mode",),
+    ("model", "teacher"),
+    ("model", "student"),
+    ("model", "student_config"),
+    ("data", "source"),
+    ("data", "max_prompt_len"),
+    ("data", "max_len"),
+    ("train", "seed"),
+)
+
+
+class DistillRecipe:
+    """One run. `setup()` then `train()`, which returns the process exit code."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.engine: Any = None
+        self.teacher: Any = None
+        self.global_step = 0
+        self.consumed_micro = 0  # micro-steps consumed over all epochs, at this run's global micro-batch size
+        self.last_saved_step = -1
+
+    # ------------------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        cfg.validate()
+        info = init_distributed()
+        self.rank, self.world, self.device = info.rank, info.world_size, info.device
+        self.out = Path(cfg.output.dir)
+        self._setup_output_dir()
+        seed_everything(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self._setup_data()
+        self.resume_dir = resolve_resume(cfg.resume, self.out)
+        if self.resume_dir is not None:
+            self._check_continuation(self.resume_dir)
+        ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
+        self._setup_model(ds_config)
+        if cfg.mode is Mode.DISTILL:
+            self._setup_teacher_model(ds_config)
+        check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+        self.loss_fn = AdaKDLoss(
+            cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
+        )
+        self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
+        if self.resume_dir is not None:
+            self._load_checkpoint(self.resume_dir)
+        if self.rank == 0:
+            save_config(cfg, str(self.out / "config.yaml"))
+        tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
+        self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
+        self.preemption = PreemptionWatch().install()
+
+    def _setup_output_dir(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write_probe_{self.rank}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"output.dir {self.out}: not writable ({exc.strerror})") from None
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.dataset = build_dataset(cfg.data, self.tokenizer)
+        self.collate = Collator.for_tokenizer(self.tokenizer)
+        self.global_micro = self.world * cfg.train.micro_batch
+        self.sampler = GlobalBatchSampler(
+            len(self.dataset), self.global_micro, cfg.train.micro_batch, self.rank, cfg.train.seed
+        )
+        self.steps_per_epoch = self.sampler.steps_per_epoch // cfg.train.grad_accum  # optimizer steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{cfg.data.source}: {len(self.dataset)} samples give no full optimizer step of "
+                f"{self.global_micro * cfg.train.grad_accum} samples (world x micro_batch x grad_accum)"
+            )
+        epochs_total = cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else epochs_total
+        self.data_hash = dataset_fingerprint(cfg.data)
+
+    def _setup_model(self, ds_config: dict[str, Any]) -> None:
+        """The student is born partitioned under zero.Init, then wrapped with its optimizer and lr schedule."""
+        import deepspeed
+
+        student = build_student(self.cfg.model, ds_config, self.cfg.train.dtype)
+        self.engine, *_ = deepspeed.initialize(
+            model=student,
+            model_parameters=[p for p in student.parameters() if p.requires_grad],
+            config=ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, self.total_steps, self.cfg.train),
+        )
+        self.engine.train()
+
+    def _setup_teacher_model(self, student_ds: dict[str, Any]) -> None:
+        """A second, optimizer-free ZeRO-3 engine in eval mode; its weights never change."""
+        teacher_ds = derive_teacher_config(student_ds, self.cfg, self.world)
+        self.teacher = build_teacher(self.cfg.model, teacher_ds, self.cfg.train.dtype)
+
+    # ----------------------------------------------------------------------------------------------------- resume
+    def _check_continuation(self, tag_dir: Path) -> None:
+        """Refuse to continue a checkpoint of another model, data or global batch unless forced."""
+        state_file = tag_dir / "trainer_state.json"
+        saved = json.loads(state_file.read_text(encoding="utf-8"))
+        saved_cfg, now = saved.get("config", {}), config_to_dict(self.cfg)
+        problems = []
+        for path in CONTINUATION_KEYS:
+            old, new = _dig(saved_cfg, path), _dig(now, path)
+            if old != new:
+                problems.append(f"{'.'.join(path)}: {old!r} -> {new!r}")
+        if saved.get("data_hash") != self.data_hash:
+            problems.append("the data source's content changed")
+        batch = self.global_micro * self.cfg.train.grad_accum
+        if saved.get("global_batch") != batch:
+            problems.append(f"global batch: {saved.get('global_batch')} -> {batch}")
+        if problems and not self.cfg.resume_force:
+            raise CheckpointError(
+                f"cannot continue {tag_dir}: " + "; ".join(problems) + " (pass --resume_force true to continue anyway)"
+            )
+        if read_marker(tag_dir).get("world_size") != self.world:
+            raise CheckpointError(
+                f"{tag_dir} was written by {read_marker(tag_dir).get('world_size')} ranks and this run has {self.world}: "
+                "convert it first (README: Checkpoints and resume)"
+            )
+
+    def _load_checkpoint(self, tag_dir: Path) -> None:
+        state = CheckpointManager.load(self.engine, tag_dir)
+        self.global_step = int(state["global_step"])
+        self.last_saved_step = self.global_step
+        epoch, samples = int(state["epoch"]), int(state["samples_in_epoch"])
+        if samples % self.global_micro:
+            raise CheckpointError(
+                f"{tag_dir}: {samples} samples consumed in epoch {epoch} is not a multiple of this run's global "
+                f"micro-batch {self.global_micro}"
+            )
+        self.consumed_micro = epoch * self.sampler.steps_per_epoch + samples // self.global_micro
+        self.loss_fn.load_state_from_checkpoint(state["loss"])
+        self.metrics_note = f"resumed from {tag_dir} at step {self.global_step}"
+
+    # --------------------------------------------------------------------------------------------------- one step
+    def _step_totals(self, batches: list[dict[str, torch.Tensor]]) -> tuple[tuple[int, int], float]:
+        """Global (k, N) over the optimizer step's micro-batches, known from the labels before any forward."""
+        valid = [float((b["labels"][:, 1:] != -100).sum()) for b in batches]
+        tokens = float(sum(b["attention_mask"].sum() for b in batches))
+        local = torch.tensor([*valid, tokens], dtype=torch.float64)
+        counts = all_reduce_sum(local)
+        n_micro = [int(c) for c in counts[:-1]]
+        cfg = self.loss_fn.cfg
+        use_latf = cfg.use_latf and cfg.kd_ratio > 0
+        k_micro = [top_count(n, self.loss_fn.controller.ratio) if use_latf and n else n for n in n_micro]
+        return (max(sum(k_micro), 1), max(sum(n_micro), 1)), float(counts[-1])
+
+    def _micro_batch(self, epoch: int, micro_step: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.dataset[i] for i in self.sampler.rank_indices(epoch, micro_step)])
+
+    def _loss_step(self, batch: dict[str, torch.Tensor], totals: tuple[int, int]) -> LossStats:
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        labels = batch["labels"].to(self.device)
+        targets = torch.full_like(labels, -100)
+        targets[:, :-1] = labels[:, 1:]  # logits at t predict token t + 1
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+        student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss, stats = self.loss_fn(
+            student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
+        )
+        self.engine.backward(loss)
+        self.engine.step()
+        return stats
+
+    # ------------------------------------------------------------------------------------------------------ train
+    def train(self) -> int:
+        cfg = self.cfg
+        accum = cfg.train.grad_accum
+        if getattr(self, "metrics_note", None):
+            self.metrics.write(self.metrics_note)
+        exit_code = 0
+        while self.global_step < self.total_steps:
+            epoch, micro = divmod(self.consumed_micro, self.sampler.steps_per_epoch)
+            if micro + accum > self.sampler.steps_per_epoch:  # the epoch's tail cannot fill an optimizer step
+                self.consumed_micro = (epoch + 1) * self.sampler.steps_per_epoch
+                continue
+            t0 = time.perf_counter()
+            batches = [self._micro_batch(epoch, micro + j) for j in range(accum)]
+            totals, step_tokens = self._step_totals(batches)
+            stats = [self._loss_step(b, totals) for b in batches]
+            self.consumed_micro += accum
+            self.global_step += 1
+            step_loss = sum(s.step_part for s in stats)
+            if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
+                self.loss_fn.controller.update(step_loss)
+            self._log(stats[-1], step_loss, step_tokens / (time.perf_counter() - t0))
+            if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
+                self.save_checkpoint()
+            if self.preemption.agreed():
+                self.metrics.write(f"preemption requested ({self.preemption.signal_name or 'another rank'}): saving")
+                self.save_checkpoint()
+                exit_code = EXIT_PREEMPTED
+                break
+        if exit_code == 0:
+            if self.last_saved_step != self.global_step:
+                self.save_checkpoint()
+            if cfg.output.export:
+                self.export(str(self.out / "export"))
+        self.metrics.close()
+        return exit_code
+
+    def _log(self, stats: LossStats, step_loss: float, tokens_per_s: float) -> None:
+        grad_norm = self.engine.get_global_grad_norm()
+        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens_per_s)
+        scalars["loss/step"] = step_loss
+        write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
+        self.metrics.step(self.global_step, scalars, stats, write=write)
+        self.history.append({"step": self.global_step, "loss": step_loss, "ratio": self.loss_fn.controller.ratio})
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Per-step loss and r, also written to <output.dir>/history.jsonl by rank 0 (the tests read it)."""
+        if not hasattr(self, "_history"):
+            self._history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
+        return self._history
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Sharded ZeRO-3 states + the training state; the teacher is never saved."""
+        epoch, micro = divmod(self.consumed_micro, self.sampler.steps_per_epoch)
+        client_state = {
+            "global_step": self.global_step,
+            "epoch": epoch,
+            "samples_in_epoch": micro * self.global_micro,
+            "global_batch": self.global_micro * self.cfg.train.grad_accum,
+            "loss": self.loss_fn.state_dict_for_checkpoint(),
+            "config": config_to_dict(self.cfg),
+            "data_hash": self.data_hash,
+            "world_size": self.world,
+        }
+        path = self.ckpt.save(self.engine, self.global_step, client_state)
+        self.last_saved_step = self.global_step
+        return path
+
+    def export(self, out_dir: str) -> str:
+        """A consolidated HF model directory (all ranks gather; rank 0 writes)."""
+        src = self.cfg.model.student or self.cfg.model.student_config
+        return export_hf(self.engine, out_dir, src, self.tokenizer)
+
+    def close(self) -> None:
+        if getattr(self, "preemption", None) is not None:
+            self.preemption.uninstall()
+        holders = {"engine": self.engine, "teacher": self.teacher}
+        self.engine = self.teacher = None
+        if hasattr(self, "loss_fn"):
+            del self.loss_fn
+        shutdown_distributed(holders)
+
+
+class _JsonlHistory(list):
+    """A list that also appends each entry to a jsonl file (rank 0), flushed per step so a crash keeps it."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, item: dict[str, float]) -> None:
+        super().append(item)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(item) + "\n")
+
+
+def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree.get(key, {}) if isinstance(tree, dict) else {}
+    return tree if tree != {} else None
+
+
+def _sft_loss(cfg: RunConfig):
+    """mode=sft trains on labels alone: the same loss module with kd_ratio 0 (no teacher, no AdaKD)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg.loss, kd_ratio=0.0, adakd=False)
+
+
+__all__ = ["EXIT_PREEMPTED", "DistillRecipe"]
