@@ -6,6 +6,7 @@ all-reduce of the flag, taken by every rank at the same point of every step.
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
@@ -15,6 +16,7 @@ import torch.distributed as dist
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written, run the same command again to resume
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+DRILL_ENV = "ADAKD_PREEMPT_AT_STEP"  # "STEP" or "STEP:RANK": act as if signalled after that step (drills, tests)
 
 
 class PreemptionWatch:
@@ -31,6 +33,16 @@ class PreemptionWatch:
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def note_step(self, step: int, rank: int) -> None:
+        """A preemption drill: deterministic, unlike a signal, so a test can stop a run at an exact step."""
+        spec = os.environ.get(DRILL_ENV, "")
+        if not spec:
+            return
+        at_step, _, at_rank = spec.partition(":")
+        if step == int(at_step) and (not at_rank or rank == int(at_rank)):
+            self.requested = True
+            self.signal_name = self.signal_name or "drill"
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():

@@ -17,7 +17,7 @@ import torch
 from adakd_ds.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.checkpoint import CheckpointError, CheckpointManager, read_marker, resolve_resume
 from adakd_ds.config import Mode, RunConfig, config_to_dict, save_config
-from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint
+from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.dist_stats import all_reduce_sum
 from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.ds_config import derive_teacher_config, fill_auto, load_ds_config
@@ -60,10 +60,10 @@ class DistillRecipe:
         self.rank, self.world, self.device = info.rank, info.world_size, info.device
         self.out = Path(cfg.output.dir)
         self._setup_output_dir()
+        self.resume_dir = resolve_resume(cfg.resume, self.out)  # a bad --resume fails before any heavy work
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self._setup_data()
-        self.resume_dir = resolve_resume(cfg.resume, self.out)
         if self.resume_dir is not None:
             self._check_continuation(self.resume_dir)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
@@ -94,7 +94,12 @@ class DistillRecipe:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
+        # rank 0 tokenises and fills the datasets cache first; the others then read it instead of racing on it
+        if self.rank != 0:
+            _barrier()
         self.dataset = build_dataset(cfg.data, self.tokenizer)
+        if self.rank == 0:
+            _barrier()
         self.collate = Collator.for_tokenizer(self.tokenizer)
         self.global_micro = self.world * cfg.train.micro_batch
         self.sampler = GlobalBatchSampler(
@@ -108,7 +113,7 @@ class DistillRecipe:
             )
         epochs_total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else epochs_total
-        self.data_hash = dataset_fingerprint(cfg.data)
+        self.data_hash = f"{dataset_fingerprint(cfg.data)}:{tokenizer_fingerprint(self.tokenizer)}"
 
     def _setup_model(self, ds_config: dict[str, Any]) -> None:
         """The student is born partitioned under zero.Init, then wrapped with its optimizer and lr schedule."""
@@ -140,7 +145,7 @@ class DistillRecipe:
             if old != new:
                 problems.append(f"{'.'.join(path)}: {old!r} -> {new!r}")
         if saved.get("data_hash") != self.data_hash:
-            problems.append("the data source's content changed")
+            problems.append("the data source's content or the tokenizer changed")
         batch = self.global_micro * self.cfg.train.grad_accum
         if saved.get("global_batch") != batch:
             problems.append(f"global batch: {saved.get('global_batch')} -> {batch}")
@@ -226,9 +231,11 @@ class DistillRecipe:
             self._log(stats[-1], step_loss, step_tokens / (time.perf_counter() - t0))
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
+            self.preemption.note_step(self.global_step, self.rank)
             if self.preemption.agreed():
                 self.metrics.write(f"preemption requested ({self.preemption.signal_name or 'another rank'}): saving")
-                self.save_checkpoint()
+                if self.last_saved_step != self.global_step:
+                    self.save_checkpoint()
                 exit_code = EXIT_PREEMPTED
                 break
         if exit_code == 0:
@@ -299,6 +306,11 @@ class _JsonlHistory(list):
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(item) + "\n")
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:

@@ -1,0 +1,165 @@
+"""Record formats: which fields a record needs, and how it becomes (prompt text, response text).
+
+Training and evaluation both call `render_prompt`, so the student is scored on exactly the prompt format it was
+trained on. The instruction template is the Alpaca one without its preamble (MiniLLM/AdaKD train Dolly on Alpaca-style
+prompts); it ends in a newline rather than a space, because a trailing space tokenises badly with BPE and
+SentencePiece vocabularies when the response is tokenised on its own:
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:
+    {input}
+
+    ### Response:
+
+(the Input block is left out when the input is empty or absent). PROMPT_RESPONSE uses the prompt as it is; MESSAGES
+goes through the tokenizer's chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from adakd_ds.config import DataFormat
+from adakd_ds.data.errors import DataError
+
+INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+INSTRUCTION_TEMPLATE_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
+
+# Per format: (required fields, optional fields); each field is a tuple of accepted key names, first non-null wins.
+FIELDS: dict[DataFormat, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = {
+    DataFormat.INSTRUCTION: ((("instruction",), ("output", "response")), (("input", "context"),)),
+    DataFormat.PROMPT_RESPONSE: ((("prompt",), ("response", "completion")), ()),
+    DataFormat.MESSAGES: ((("messages",),), ()),
+}
+
+# AUTO: the first key (in this order) that the first record has decides the format.
+DETECT_KEYS: tuple[tuple[str, DataFormat], ...] = (
+    ("messages", DataFormat.MESSAGES),
+    ("instruction", DataFormat.INSTRUCTION),
+    ("prompt", DataFormat.PROMPT_RESPONSE),
+)
+
+ASSISTANT = "assistant"
+
+
+def detect_format(record: Mapping[str, Any]) -> DataFormat:
+    """The format a record's keys say it has; raises DataError naming the keys when none fits."""
+    for key, fmt in DETECT_KEYS:
+        if record.get(key) is not None:
+            return fmt
+    known = ", ".join(key for key, _ in DETECT_KEYS)
+    raise DataError(f"cannot detect the data format from keys {sorted(record)} (expected one of: {known})")
+
+
+def resolve_format(fmt: DataFormat, first_record: Mapping[str, Any]) -> DataFormat:
+    """AUTO becomes the detected format; an explicit format stays as it is."""
+    return detect_format(first_record) if fmt is DataFormat.AUTO else fmt
+
+
+def field_label(names: tuple[str, ...]) -> str:
+    return " or ".join(f"'{n}'" for n in names)
+
+
+def _get(record: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = record.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def check_record(record: Any, fmt: DataFormat) -> str | None:
+    """What is wrong with one record for `fmt` (a short phrase), or None when it is usable."""
+    if not isinstance(record, Mapping):
+        return f"expected a JSON object, got {type(record).__name__}"
+    required, optional = FIELDS[fmt]
+    for names in required + optional:
+        value = _get(record, names)
+        if value is None:
+            if names in required:
+                return f"missing field {field_label(names)}"
+            continue
+        if fmt is DataFormat.MESSAGES:
+            problem = _check_messages(value)
+            if problem:
+                return problem
+        elif not isinstance(value, str):
+            return f"field {field_label(names)} must be a string, got {type(value).__name__}"
+    return None
+
+
+def _check_messages(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "field 'messages' must be a non-empty list of {role, content}"
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            return f"messages[{i}] must be an object with 'role' and 'content'"
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                return f"messages[{i}] is missing field '{key}' (or it is not a string)"
+    if not any(m["role"] == ASSISTANT for m in messages):
+        return f"field 'messages' has no '{ASSISTANT}' message to train on"
+    return None
+
+
+def _last_assistant(messages: list[Mapping[str, Any]]) -> int:
+    return max(i for i, m in enumerate(messages) if m["role"] == ASSISTANT)
+
+
+def _clean_messages(messages: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # Arrow fills keys that only some messages have with None; drop them so templates see the original dicts.
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def _chat_template_owner(tokenizer: Any) -> Any:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise DataError("format 'messages' needs a tokenizer with a chat_template (set tokenizer.chat_template)")
+    return tokenizer
+
+
+def _render_chat_prompt(messages: list[dict[str, Any]], tokenizer: Any) -> str:
+    tok = _chat_template_owner(tokenizer)
+    return tok.apply_chat_template(messages[: _last_assistant(messages)], tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(record: Mapping[str, Any], fmt: DataFormat, tokenizer: Any = None) -> str:
+    """The prompt text of a record, exactly as training sees it (MESSAGES needs the tokenizer's chat template)."""
+    fmt = resolve_format(fmt, record)
+    if fmt is DataFormat.INSTRUCTION:
+        instruction = _get(record, ("instruction",))
+        extra = _get(record, ("input", "context")) or ""
+        if extra.strip():
+            return INSTRUCTION_TEMPLATE.format(instruction=instruction, input=extra)
+        return INSTRUCTION_TEMPLATE_NO_INPUT.format(instruction=instruction)
+    if fmt is DataFormat.PROMPT_RESPONSE:
+        return _get(record, ("prompt",))
+    if fmt is DataFormat.MESSAGES:
+        return _render_chat_prompt(_clean_messages(record["messages"]), tokenizer)
+    raise DataError(f"unsupported data format {fmt!r}")
+
+
+def render_example(record: Mapping[str, Any], fmt: DataFormat, tokenizer: Any = None) -> tuple[str, str]:
+    """(prompt text, response text) of a record: what the trainer tokenises and what evaluation scores against.
+
+    For MESSAGES the response is what the chat template writes after the generation prompt for the last assistant
+    turn (its end-of-turn marker included, trailing whitespace removed), so the student learns to close its turn.
+    """
+    fmt = resolve_format(fmt, record)
+    if fmt is DataFormat.INSTRUCTION:
+        return render_prompt(record, fmt), _get(record, ("output", "response"))
+    if fmt is DataFormat.PROMPT_RESPONSE:
+        return render_prompt(record, fmt), _get(record, ("response", "completion"))
+    if fmt is DataFormat.MESSAGES:
+        messages = _clean_messages(record["messages"])
+        prompt = _render_chat_prompt(messages, tokenizer)
+        full = tokenizer.apply_chat_template(messages[: _last_assistant(messages) + 1], tokenize=False)
+        if not full.startswith(prompt):
+            raise DataError(
+                "the chat template does not render the prompt (with add_generation_prompt=True) as a prefix of the "
+                "conversation, so the response cannot be separated from it"
+            )
+        return prompt, full[len(prompt) :].rstrip()
+    raise DataError(f"unsupported data format {fmt!r}")
