@@ -17,6 +17,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,18 @@ class CheckpointManager:
         self.root = Path(output_dir) / CKPT_DIRNAME
         self.keep_last = max(1, keep_last)
 
-    def save(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
-        """Every rank calls this; it returns only once the checkpoint is complete everywhere."""
+    def save(
+        self,
+        engine: Any,
+        step: int,
+        client_state: dict[str, Any],
+        write_extras: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Every rank calls this; it returns only once the checkpoint is complete everywhere.
+
+        `write_extras(tag_dir)` runs on rank 0 before the marker (the model config and tokenizer, so that
+        `adakd-export` can turn the checkpoint into a HF model on its own).
+        """
         rank, world = world_info()
         tag_dir = self.root / tag_for(step)
         if rank == 0:
@@ -155,6 +166,8 @@ class CheckpointManager:
         _maybe_inject_fault(step)
         _barrier()
         if rank == 0:
+            if write_extras is not None:
+                write_extras(tag_dir)
             atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
             marker = {"step": step, "world_size": world, "time": time.time()}
             atomic_write_text(tag_dir / MARKER, json.dumps(marker))

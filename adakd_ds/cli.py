@@ -75,12 +75,6 @@ def distill_main(argv: list[str] | None = None) -> int:
         recipe.close()
 
 
-def export_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.export import export_main as _export
-
-    return _export(argv)
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     from adakd_ds.evaluate import eval_main as _eval
 

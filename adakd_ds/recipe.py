@@ -228,7 +228,7 @@ class DistillRecipe:
             step_loss = sum(s.step_part for s in stats)
             if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
                 self.loss_fn.controller.update(step_loss)
-            self._log(stats[-1], step_loss, step_tokens / (time.perf_counter() - t0))
+            self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
             self.preemption.note_step(self.global_step, self.rank)
@@ -246,13 +246,21 @@ class DistillRecipe:
         self.metrics.close()
         return exit_code
 
-    def _log(self, stats: LossStats, step_loss: float, tokens_per_s: float) -> None:
+    def _log(self, stats: LossStats, step_loss: float, tokens: float, seconds: float) -> None:
         grad_norm = self.engine.get_global_grad_norm()
-        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens_per_s)
+        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds)
         scalars["loss/step"] = step_loss
         write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
         self.metrics.step(self.global_step, scalars, stats, write=write)
-        self.history.append({"step": self.global_step, "loss": step_loss, "ratio": self.loss_fn.controller.ratio})
+        self.history.append(
+            {
+                "step": self.global_step,
+                "loss": step_loss,
+                "ratio": self.loss_fn.controller.ratio,
+                "tokens": tokens,
+                "seconds": seconds,
+            }
+        )
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -275,9 +283,13 @@ class DistillRecipe:
             "data_hash": self.data_hash,
             "world_size": self.world,
         }
-        path = self.ckpt.save(self.engine, self.global_step, client_state)
+        path = self.ckpt.save(self.engine, self.global_step, client_state, write_extras=self._write_hf_metadata)
         self.last_saved_step = self.global_step
         return path
+
+    def _write_hf_metadata(self, tag_dir: Path) -> None:
+        unwrap(self.engine).config.save_pretrained(tag_dir)
+        self.tokenizer.save_pretrained(tag_dir)
 
     def export(self, out_dir: str) -> str:
         """A consolidated HF model directory (all ranks gather; rank 0 writes)."""

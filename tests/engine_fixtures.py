@@ -206,5 +206,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def read_history(out_dir: Path) -> list[dict[str, float]]:
+    """Per-step records of a run: step, loss, ratio (deterministic) and tokens, seconds (timing)."""
     path = out_dir / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trajectory(history: list[dict[str, float]]) -> list[tuple[int, float, float]]:
+    """The deterministic part of a history: (step, loss, r), to compare runs bit for bit."""
+    return [(int(h["step"]), h["loss"], h["ratio"]) for h in history]

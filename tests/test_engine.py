@@ -12,6 +12,7 @@ import torch
 from tests.engine_fixtures import REPO, read_history, run_launch, write_run_config
 
 PROBE = str(REPO / "tests" / "workers" / "distill_probe.py")
+EXPORT = str(REPO / "launch" / "export.py")
 TB_TAGS = {
     "loss/total",
     "loss/kd",
@@ -82,6 +83,16 @@ def test_distill_run_through_deepspeed_cli(tiny_setup, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=ref["input_ids"]).logits.float()
     torch.testing.assert_close(logits, ref["logits"], rtol=1e-5, atol=1e-5)
+
+    # adakd-export turns the final checkpoint alone into the same model (fp32 master weights)
+    from safetensors.torch import load_file
+
+    again = tmp_path / "from_checkpoint"
+    res = run_launch(["--checkpoint", str(out / "checkpoints"), "--out", str(again)], launcher="python", script=EXPORT)
+    assert res.returncode == 0, res.output[-3000:]
+    live, offline = load_file(str(export / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert live.keys() == offline.keys() and all(torch.equal(live[k], offline[k]) for k in live)
+    AutoModelForCausalLM.from_pretrained(str(again))
 
 
 @pytest.mark.slow

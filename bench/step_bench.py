@@ -1,0 +1,118 @@
+"""Step-time benchmark of the real engine (1 rank, ZeRO-3): SFT vs distill(rkl) vs distill(AdaKD-rkl).
+
+Each variant runs `launch/distill.py` in a fresh process on the same models and data; the per-step times come from
+the run's history.jsonl, skipping the first steps (warm-up). Run by hand:
+
+    OMP_NUM_THREADS=2 python bench/step_bench.py [--steps 40] [--skip 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+VARIANTS = {
+    "sft": {"mode": "sft"},
+    "distill rkl": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": False}},
+    "distill AdaKD-rkl": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": True, "warmup_frac": 0.0}},
+}
+
+
+def build_assets(root: Path, teacher_hidden: int, student_hidden: int) -> dict[str, str]:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from adakd_ds.synthetic_tasks import generate_records, write_jsonl
+    from adakd_ds.tokenizer_train import train_tokenizer
+
+    records = generate_records(512, seed=0)
+    write_jsonl(records, str(root / "train.jsonl"))
+    tok_dir = train_tokenizer(str(root / "train.jsonl"), str(root / "tokenizer"), vocab_size=512)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(tok_dir))
+
+    def llama(hidden: int, layers: int) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 4,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64),
+            max_position_embeddings=256,
+        )
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(llama(teacher_hidden, 4)).save_pretrained(root / "teacher")
+    llama(student_hidden, 2).save_pretrained(root / "student_config")
+    return {"teacher": str(root / "teacher"), "student_config": str(root / "student_config"), "tokenizer": tok_dir}
+
+
+def run_variant(root: Path, assets: dict[str, str], name: str, steps: int) -> list[dict[str, float]]:
+    out = root / name.replace(" ", "_")
+    cfg = {
+        "model": {k: assets[k] for k in ("teacher", "student_config", "tokenizer")},
+        "data": {"source": str(root / "train.jsonl"), "max_prompt_len": 64, "max_len": 96},
+        "train": {"max_steps": steps, "micro_batch": 16, "lr": 1e-3},
+        "output": {"dir": str(out), "export": False, "tensorboard": False, "log_interval": 1000},
+    }
+    for section, values in VARIANTS[name].items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    path = root / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
+    subprocess.run(
+        [sys.executable, str(REPO / "launch" / "distill.py"), "--config", str(path)],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the medians")
+    ap.add_argument("--teacher-hidden", type=int, default=256)
+    ap.add_argument("--student-hidden", type=int, default=128)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        assets = build_assets(root, args.teacher_hidden, args.student_hidden)
+        rows = {}
+        for name in VARIANTS:
+            hist = run_variant(root, assets, name, args.steps)[args.skip :]
+            step_s = statistics.median(h["seconds"] for h in hist)
+            tok_s = statistics.median(h["tokens"] / h["seconds"] for h in hist)
+            rows[name] = (step_s, tok_s)
+    base = rows["distill rkl"][0]
+    print(
+        f"1 rank, ZeRO-3, fp32, CPU threads={os.environ.get('OMP_NUM_THREADS', 'default')}, micro_batch 16, "
+        f"teacher hidden {args.teacher_hidden} x4 layers, student hidden {args.student_hidden} x2 layers, "
+        f"medians over steps {args.skip + 1}..{args.steps}"
+    )
+    print("| variant | step (ms) | tokens/s | time vs distill rkl |")
+    print("|---|---:|---:|---:|")
+    for name, (step_s, tok_s) in rows.items():
+        print(f"| {name} | {step_s * 1e3:.1f} | {tok_s:.0f} | {step_s / base:.3f}x |")
+    ratio = rows["distill AdaKD-rkl"][0] / base
+    print(f"\ntarget AdaKD step <= 1.10x distill rkl: {'met' if ratio <= 1.10 else 'NOT met'} ({ratio:.3f}x)")
+
+
+if __name__ == "__main__":
+    main()
