@@ -42,6 +42,7 @@ class LossStats:
     diff_q10: float = 0.0
     diff_q50: float = 0.0
     diff_q90: float = 0.0
+    step_part: float = 0.0  # this micro-batch's share of the optimizer-step objective (= loss without accumulation)
     rank_share: list[float] = field(default_factory=list)  # fraction of the selected tokens held by each rank
     taus: Tensor | None = None  # per selected token, global order
     scores: Tensor | None = None  # per valid token, global order
@@ -124,7 +125,15 @@ class AdaKDLoss(torch.nn.Module):
         teacher_logits: Tensor | None,
         labels: Tensor,
         attention_mask: Tensor | None = None,
+        step_totals: tuple[int, int] | None = None,
+        accum: int = 1,
     ) -> tuple[Tensor, LossStats]:
+        """Rank-local loss and global stats.
+
+        Without accumulation the objective is normalised by this micro-batch's global k and N. With `accum` micro-steps
+        per optimizer step, pass `step_totals` = (k, N) summed over the step's micro-batches: each token then weighs
+        the same whatever micro-batch it fell in, and DeepSpeed's division by `accum` is undone here.
+        """
         cfg = self.cfg
         use_kd = cfg.kd_ratio > 0.0
         if use_kd and teacher_logits is None:
@@ -175,10 +184,12 @@ class AdaKDLoss(torch.nn.Module):
                 t = flat.teacher.index_select(0, rows[pos])[:, :vs].to(x.dtype)
                 return (tau.square() * self.divergence(x, t, tau)).sum()
 
-            kd_sum = buffer.accumulate(rows, kd_chunk, cfg.chunk_size, cfg.kd_ratio * world / k_global)
-            self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
             stats.k = k_global
+            k_den = step_totals[0] if step_totals else k_global
+            kd_sum = buffer.accumulate(rows, kd_chunk, cfg.chunk_size, cfg.kd_ratio * world * accum / k_den)
+            self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
 
+        k_den, n_den = step_totals if step_totals else (max(stats.k, 1), n_global)
         ce_sum = torch.zeros_like(kd_sum)
         if cfg.kd_ratio < 1.0:
             labels_valid = flat.labels.index_select(0, flat.valid_rows)
@@ -188,16 +199,17 @@ class AdaKDLoss(torch.nn.Module):
                 return -log_q.gather(-1, labels_valid[pos].long().unsqueeze(-1)).sum()
 
             ce_sum = buffer.accumulate(
-                flat.valid_rows, ce_chunk, cfg.chunk_size, (1.0 - cfg.kd_ratio) * world / n_global
+                flat.valid_rows, ce_chunk, cfg.chunk_size, (1.0 - cfg.kd_ratio) * world * accum / n_den
             )
 
         k_norm = max(stats.k, 1)
-        local_loss = world * (cfg.kd_ratio * kd_sum / k_norm + (1.0 - cfg.kd_ratio) * ce_sum / n_global)
+        local_loss = world * accum * (cfg.kd_ratio * kd_sum / k_den + (1.0 - cfg.kd_ratio) * ce_sum / n_den)
         # collective 3: the global sums, for logging and the LATF step loss
         sums = all_reduce_sum(torch.stack([kd_sum.to(torch.float64), ce_sum.to(torch.float64)]))
         stats.kd_loss = float(sums[0]) / k_norm if use_kd else 0.0
         stats.ce_loss = float(sums[1]) / n_global if cfg.kd_ratio < 1.0 else 0.0
         stats.loss = cfg.kd_ratio * stats.kd_loss + (1.0 - cfg.kd_ratio) * stats.ce_loss
+        stats.step_part = cfg.kd_ratio * float(sums[0]) / k_den + (1.0 - cfg.kd_ratio) * float(sums[1]) / n_den
         return buffer.attach(local_loss), stats
 
     @staticmethod
