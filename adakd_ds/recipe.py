@@ -26,6 +26,7 @@ from adakd_ds.latf import top_count
 from adakd_ds.metrics import MetricsLogger, scalars_from
 from adakd_ds.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
 from adakd_ds.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.reshard import load_resharded
 from adakd_ds.schedule import build_scheduler
 
 # Settings that a resumed run must share with the checkpoint, or it is not a continuation (--resume_force overrides).
@@ -51,6 +52,7 @@ class DistillRecipe:
         self.global_step = 0
         self.consumed_micro = 0  # micro-steps consumed over all epochs, at this run's global micro-batch size
         self.last_saved_step = -1
+        self.metrics_note: str | None = None  # printed when training starts (resume / re-shard)
 
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -153,14 +155,14 @@ class DistillRecipe:
             raise CheckpointError(
                 f"cannot continue {tag_dir}: " + "; ".join(problems) + " (pass --resume_force true to continue anyway)"
             )
-        if read_marker(tag_dir).get("world_size") != self.world:
-            raise CheckpointError(
-                f"{tag_dir} was written by {read_marker(tag_dir).get('world_size')} ranks and this run has {self.world}: "
-                "convert it first (README: Checkpoints and resume)"
-            )
 
     def _load_checkpoint(self, tag_dir: Path) -> None:
-        state = CheckpointManager.load(self.engine, tag_dir)
+        saved_world = read_marker(tag_dir).get("world_size")
+        if saved_world == self.world:
+            state = CheckpointManager.load(self.engine, tag_dir)
+        else:  # DeepSpeed's universal checkpoint: re-partitions weights AND optimizer moments for this world size
+            self.metrics_note = f"re-sharding {tag_dir} from {saved_world} to {self.world} ranks"
+            state = load_resharded(self.engine, tag_dir)
         self.global_step = int(state["global_step"])
         self.last_saved_step = self.global_step
         epoch, samples = int(state["epoch"]), int(state["samples_in_epoch"])
@@ -171,7 +173,8 @@ class DistillRecipe:
             )
         self.consumed_micro = epoch * self.sampler.steps_per_epoch + samples // self.global_micro
         self.loss_fn.load_state_from_checkpoint(state["loss"])
-        self.metrics_note = f"resumed from {tag_dir} at step {self.global_step}"
+        note = f"resumed from {tag_dir} at step {self.global_step}"
+        self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 
     # --------------------------------------------------------------------------------------------------- one step
     def _step_totals(self, batches: list[dict[str, torch.Tensor]]) -> tuple[tuple[int, int], float]:
@@ -211,7 +214,7 @@ class DistillRecipe:
     def train(self) -> int:
         cfg = self.cfg
         accum = cfg.train.grad_accum
-        if getattr(self, "metrics_note", None):
+        if self.metrics_note:
             self.metrics.write(self.metrics_note)
         exit_code = 0
         while self.global_step < self.total_steps:
