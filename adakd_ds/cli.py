@@ -78,7 +78,8 @@ def distill_main(argv: list[str] | None = None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     from adakd_ds.evaluate import eval_main as _eval
 
-    return _eval(argv)
+    _eval(argv)  # returns the results dict on rank 0; a console script needs an exit code
+    return 0
 
 
 def submit_main(argv: list[str] | None = None) -> int:
