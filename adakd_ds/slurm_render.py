@@ -72,6 +72,23 @@ def _abs(path: str, base: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
 
 
+def time_limit_seconds(limit: str) -> int | None:
+    """Seconds in a Slurm time limit ([D-]HH:MM:SS, [D-]HH:MM, [D-]HH, MM:SS or MM); None for UNLIMITED-like values."""
+    days, _, clock = limit.rpartition("-") if "-" in limit else ("0", "", limit)
+    parts = [int(p) for p in clock.split(":") if p.isdigit()]
+    if not parts or len(parts) != len(clock.split(":")):
+        return None
+    if "-" in limit:  # D-HH[:MM[:SS]]
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = parts
+    elif len(parts) == 2:  # MM:SS
+        h, (m, s) = 0, parts
+    else:  # MM
+        h, m, s = 0, parts[0], 0
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
+
+
 def validate_job(job: SlurmJob) -> None:
     """Raise SlurmJobError with one line naming the first problem; reads the file system, writes nothing."""
     for name in ("nodes", "gpus_per_node"):
@@ -85,6 +102,12 @@ def validate_job(job: SlurmJob) -> None:
         raise SlurmJobError(f"max_restarts must be >= 0, got {job.max_restarts}")
     if not _TIME_RE.match(job.time):
         raise SlurmJobError(f"time must be a Slurm time limit like 24:00:00 or 2-00:00:00, got {job.time!r}")
+    limit = time_limit_seconds(job.time)
+    if limit is not None and job.signal_seconds >= limit:
+        raise SlurmJobError(
+            f"signal_seconds ({job.signal_seconds}) must be well below the time limit {job.time} ({limit} s): "
+            "the job would be told to stop as soon as it starts"
+        )
     if not job.job_name or re.search(r"\s", job.job_name):
         raise SlurmJobError(f"job_name must be non-empty without spaces, got {job.job_name!r}")
     if job.partition is not None and not re.match(r"^[\w.,-]+$", job.partition):

@@ -229,6 +229,7 @@ def test_make_hostfile(tmp_path: Path, stubs: dict[str, str]) -> None:
         ({"config": "/nonexistent/run.yaml"}, "config file not found: /nonexistent/run.yaml"),
         ({"time": "forever"}, "time must be a Slurm time limit like 24:00:00 or 2-00:00:00, got 'forever'"),
         ({"launcher": Launcher.COMMAND}, "launcher=command needs a command"),
+        ({"time": "5:00", "signal_seconds": 600}, "signal_seconds (600) must be well below the time limit 5:00"),
         ({"overrides": ["--a", "b\nc"]}, "no setting may contain a newline"),
         (
             {"teacher_offload": True, "teacher_offload_config": "/nope.json"},

@@ -1,0 +1,225 @@
+"""The offline quickstart: embedded data -> tokenizer -> SFT teacher -> students (SFT, rkl, rkl+AdaKD) -> table.
+
+Nothing is downloaded and nothing outside the output folder is read. Students follow the MiniLLM / DistiLLM protocol:
+one SFT initialisation, then the same number of further steps with labels (the SFT baseline), with RKL, or with
+RKL + AdaKD, so that the rows differ only in the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adakd_ds.pipeline import evaluate, train
+from adakd_ds.synthetic_tasks import generate_splits, write_jsonl
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and step counts; FULL fits 10 minutes on 2 CPU cores, FAST is the CI smoke version."""
+
+    n_train: int = 4000
+    n_test: int = 200
+    vocab: int = 384
+    teacher_hidden: int = 192
+    teacher_layers: int = 3
+    student_hidden: int = 64
+    student_layers: int = 2
+    teacher_steps: int = 500
+    student_init_steps: int = 150
+    student_steps: int = 250
+    micro_batch: int = 16
+    lr: float = 3e-3
+    nproc: int = 2
+    seeds: tuple[int, ...] = (1, 2, 3)
+    max_len: int = 80
+
+
+FULL = Plan()
+FAST = Plan(
+    n_train=800, n_test=48, teacher_hidden=96, teacher_layers=2, student_hidden=32, student_layers=1,
+    teacher_steps=120, student_init_steps=10, student_steps=10, seeds=(1,),
+)  # fmt: skip
+
+
+def _llama_config(vocab: int, hidden: int, layers: int) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
+
+
+def prepare(out: Path, plan: Plan) -> dict[str, Path]:
+    """Data splits, the sentencepiece tokenizer and the two model configs (idempotent)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adakd_ds.tokenizer_train import train_tokenizer
+
+    paths = {name: out / "data" / f"{name}.jsonl" for name in ("train", "val", "test")}
+    if not paths["test"].is_file():
+        splits = generate_splits(plan.n_train, plan.n_test, plan.n_test, seed=0)
+        for name, records in splits.items():
+            write_jsonl(records, str(paths[name]))
+    tok_dir = out / "tokenizer"
+    if not (tok_dir / "tokenizer_config.json").is_file():
+        train_tokenizer(str(paths["train"]), str(tok_dir), vocab_size=plan.vocab)
+    vocab = len(AutoTokenizer.from_pretrained(str(tok_dir)))
+    for role, hidden, layers in (
+        ("teacher", plan.teacher_hidden, plan.teacher_layers),
+        ("student", plan.student_hidden, plan.student_layers),
+    ):
+        cfg_dir = out / "configs" / role
+        if not (cfg_dir / "config.json").is_file():
+            _llama_config(vocab, hidden, layers).save_pretrained(cfg_dir)
+        paths[f"{role}_config"] = cfg_dir
+    untrained = out / "student_untrained"
+    if not (untrained / "model.safetensors").is_file():
+        import torch
+
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(
+            _llama_config(vocab, plan.student_hidden, plan.student_layers)
+        ).save_pretrained(untrained)
+        AutoTokenizer.from_pretrained(str(tok_dir)).save_pretrained(untrained)
+    paths["untrained"] = untrained
+    paths["tokenizer"] = tok_dir
+    return paths
+
+
+def run_config(out_dir: Path, paths: dict[str, Path], plan: Plan, steps: int, **model: str) -> dict[str, Any]:
+    return {
+        "mode": "sft",
+        "model": {"tokenizer": str(paths["tokenizer"]), **model},
+        "data": {"source": str(paths["train"]), "max_prompt_len": plan.max_len // 2, "max_len": plan.max_len},
+        "loss": {"divergence": "rkl", "adakd": False},
+        "train": {
+            "lr": plan.lr,
+            "max_steps": steps,
+            "micro_batch": plan.micro_batch,
+            "warmup_ratio": 0.05,
+            "seed": 0,
+        },
+        "output": {"dir": str(out_dir), "log_interval": 10, "save_interval": 0, "keep_last": 1},
+    }
+
+
+STUDENT_ROWS = {
+    "student SFT": {"mode": "sft", "loss": {"divergence": "rkl", "adakd": False}},
+    "student rkl": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": False}},
+    "student rkl+AdaKD": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": True}},
+}
+
+
+def run(out: Path, plan: Plan, quiet: bool = False) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    paths = prepare(out, plan)
+    stage = _Stages(plan.nproc, quiet)
+    teacher = stage.train(
+        "teacher SFT",
+        run_config(out / "teacher", paths, plan, plan.teacher_steps, student_config=str(paths["teacher_config"])),
+    )
+    init = stage.train(
+        "student SFT init",
+        run_config(
+            out / "student_init", paths, plan, plan.student_init_steps, student_config=str(paths["student_config"])
+        ),
+    )
+    models = {"teacher": teacher, "student untrained": paths["untrained"]}
+    for name, change in STUDENT_ROWS.items():
+        cfg = run_config(
+            out / name.replace(" ", "_").replace("+", "_"),
+            paths,
+            plan,
+            plan.student_steps,
+            student=str(init),
+            teacher=str(teacher),
+        )
+        cfg["mode"] = change["mode"]
+        cfg["loss"].update(change["loss"])
+        models[name] = stage.train(name, cfg)
+    rows = []
+    for name, model in models.items():
+        slug = name.replace(" ", "_").replace("+", "_")
+        common = {"nproc": plan.nproc, "max_new_tokens": 32, "max_prompt_len": plan.max_len // 2}
+        greedy = evaluate(
+            model, paths["test"], out / "eval" / f"{slug}_greedy", name=f"eval {name}", greedy=True, **common
+        )
+        sampled = evaluate(
+            model, paths["test"], out / "eval" / f"{slug}_sampled", name=f"eval {name}", seeds=plan.seeds, **common
+        )
+        rows.append(
+            {
+                "model": name,
+                "rougeL_greedy": greedy["rougeL"]["mean"],
+                "exact_match_greedy": greedy["exact_match"]["mean"],
+                "rougeL_sampled": sampled["rougeL"]["mean"],
+                "rougeL_sampled_std": sampled["rougeL"].get("std"),
+                "exact_match_sampled": sampled["exact_match"]["mean"],
+            }
+        )
+    (out / "quickstart_results.json").write_text(
+        json.dumps({"plan": dataclasses.asdict(plan), "rows": rows, "seconds": time.perf_counter() - t0}, indent=2)
+    )
+    return rows
+
+
+class _Stages:
+    """Numbers the stages in the output, so the user sees where the 10 minutes go."""
+
+    def __init__(self, nproc: int, quiet: bool) -> None:
+        self.nproc, self.quiet, self.n = nproc, quiet, 0
+
+    def train(self, name: str, cfg: dict[str, Any]) -> Path:
+        self.n += 1
+        print(f"\n== stage {self.n}: {name} ({cfg['train']['max_steps']} steps, {self.nproc} ranks)", flush=True)
+        return train(cfg, self.nproc, name, quiet=self.quiet)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        "| model | ROUGE-L (greedy) | exact match (greedy) | ROUGE-L (sampled, T=1) | exact match (sampled) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        std = r["rougeL_sampled_std"]
+        sampled = pct(r["rougeL_sampled"]) + (f" ± {std:.2f}" if std else "")
+        lines.append(
+            f"| {r['model']} | {pct(r['rougeL_greedy'])} | {pct(r['exact_match_greedy'])} | {sampled} | "
+            f"{pct(r['exact_match_sampled'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="quickstart_out", help="everything is written here; rerun to continue")
+    ap.add_argument("--fast", action="store_true", help="the reduced CI version (a minute, not a result)")
+    ap.add_argument("--nproc", type=int, default=None, help="ranks per training stage (default 2)")
+    ap.add_argument("--quiet", action="store_true", help="stage output to log files only")
+    args = ap.parse_args(argv)
+    plan = FAST if args.fast else FULL
+    if args.nproc:
+        plan = dataclasses.replace(plan, nproc=args.nproc)
+    t0 = time.perf_counter()
+    rows = run(Path(args.out), plan, quiet=args.quiet)
+    print("\n" + format_table(rows))
+    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s; results in {args.out}/quickstart_results.json")
+    return 0
