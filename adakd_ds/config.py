@@ -178,6 +178,11 @@ class RunConfig:
         for name in ("micro_batch", "grad_accum", "epochs"):
             if getattr(self.train, name) < 1:
                 problems.append(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+        for name in ("jsd_beta", "skew_lambda"):
+            if not 0.0 < getattr(self.loss, name) < 1.0:
+                problems.append(f"loss.{name} must lie strictly in (0, 1), got {getattr(self.loss, name)}")
+        if self.loss.ab_alpha == 0 or self.loss.ab_beta == 0 or self.loss.ab_alpha + self.loss.ab_beta == 0:
+            problems.append("loss.ab_alpha, loss.ab_beta and their sum must be non-zero")
         if self.loss.chunk_size < 1:
             problems.append(f"loss.chunk_size must be >= 1, got {self.loss.chunk_size}")
         if self.data.max_prompt_len >= self.data.max_len:
@@ -241,6 +246,8 @@ def _apply(obj: Any, data: dict[str, Any], where: str, prefix: str = "") -> None
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: '{path}' is a section and needs a mapping, got {value!r}")
             _apply(current, value, where, prefix=f"{path}.")
+        elif isinstance(value, dict | list):
+            raise ConfigError(f"{where}: '{path}' takes a single value, got {type(value).__name__} {value!r}")
         else:
             setattr(obj, key, _convert(value, hints[key], f"{where}: '{path}'"))
 

@@ -139,5 +139,10 @@ def evaluate(
     cmd += ["--greedy"] if greedy else ["--seeds", *map(str, seeds)]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
-    _run(cmd, name, out.parent / f"{out.name}.log", quiet)
+    if nproc <= 1:  # in this process: a tiny model's evaluation costs less than a fresh interpreter
+        from adakd_ds.evaluate import eval_main
+
+        eval_main(cmd[2:])
+    else:
+        _run(cmd, name, out.parent / f"{out.name}.log", quiet)
     return json.loads(results.read_text())
