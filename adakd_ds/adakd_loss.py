@@ -13,14 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adakd_ds.chunked_grad import GradBuffer
+from adakd_ds.chunked_grad import GradBuffer, GradSink, RowChunk, autograd_kernel, chunk_rows, row_chunks
 from adakd_ds.config import Indicator, LossConfig
 from adakd_ds.difficulty import parse_indicator, token_difficulty
 from adakd_ds.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
 from adakd_ds.idts import idts_temperatures, lower_median
 from adakd_ds.latf import LATFController, select_top_ratio
-from adakd_ds.losses import get_divergence, parse_divergence
-from adakd_ds.losses._common import tempered_log_probs, work_dtype
+from adakd_ds.losses import get_divergence, get_divergence_with_grad, parse_divergence
+from adakd_ds.losses._common import tau_column, work_dtype
+from adakd_ds.losses.ce import cross_entropy_with_grad
 
 IGNORE_INDEX = -100
 
@@ -42,6 +43,7 @@ class LossStats:
     diff_q10: float = 0.0
     diff_q50: float = 0.0
     diff_q90: float = 0.0
+    median: float = 0.0  # the global lower median of the selected scores (IDTS only; else 0.0)
     step_part: float = 0.0  # this micro-batch's share of the optimizer-step objective (= loss without accumulation)
     rank_share: list[float] = field(default_factory=list)  # fraction of the selected tokens held by each rank
     taus: Tensor | None = None  # per selected token, global order
@@ -57,6 +59,26 @@ class _Flat:
     valid_rows: Tensor  # [n_local] row indices
 
 
+def _raise_if_bad(bad: list[int]) -> None:
+    if bad:
+        raise ValueError(
+            f"non-finite (NaN/inf) logits on rank(s) {bad}: a NaN or +inf logit (or a -inf teacher logit where the "
+            "student has mass) made the difficulty or the loss non-finite"
+        )
+
+
+def _ce_kernel(labels: Tensor):
+    """Chunk kernel for the label cross-entropy, with its analytic gradient."""
+
+    def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
+        vals, g = cross_entropy_with_grad(x, chunk.take(labels), sink is not None)
+        if sink is not None:
+            sink.add(g, torch.ones((), dtype=g.dtype, device=g.device))
+        return vals.sum()
+
+    return kernel
+
+
 class AdaKDLoss(torch.nn.Module):
     """Base divergence +/- AdaKD (+ optional label CE), returning a rank-local loss that DeepSpeed can average."""
 
@@ -64,6 +86,7 @@ class AdaKDLoss(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.divergence = get_divergence(parse_divergence(cfg.divergence), cfg)
+        self.divergence_with_grad = get_divergence_with_grad(cfg.divergence)  # None: autograd per chunk
         self.indicator = parse_indicator(cfg.indicator)
         self.controller = LATFController(cfg, total_steps)
         self.generator = torch.Generator().manual_seed(seed)  # identical on all ranks: drives `random` only
@@ -99,24 +122,17 @@ class AdaKDLoss(torch.nn.Module):
         return _Flat(s, t, flat_labels, valid.nonzero().squeeze(1))
 
     # ------------------------------------------------------------------------------------------------- pass one
-    def _local_scores(self, flat: _Flat) -> tuple[Tensor, bool]:
-        """Difficulty of every local valid token (no grad) and whether every logit seen was finite."""
+    def _local_scores(self, flat: _Flat) -> Tensor:
+        """Difficulty of every local valid token (no grad); a NaN / +inf logit leaves a non-finite score."""
         vs = flat.student.shape[-1]
         dtype = work_dtype(flat.student)
-        rows = flat.valid_rows
-        scores = torch.zeros(rows.numel(), dtype=dtype, device=flat.student.device)
-        finite = True
-        for start in range(0, rows.numel(), self.cfg.chunk_size):
-            idx = rows[start : start + self.cfg.chunk_size]
-            s = flat.student.detach().index_select(0, idx).to(dtype)
-            finite &= bool(torch.isfinite(s).all())
-            if flat.teacher is None:
-                continue
-            t = flat.teacher.index_select(0, idx)[:, :vs].to(dtype)
-            finite &= bool(torch.isfinite(t).all())
-            if self.indicator is not Indicator.RANDOM:
-                scores[start : start + idx.numel()] = token_difficulty(self.indicator, s, t, flat.labels[idx])
-        return scores, finite
+        scores = torch.zeros(flat.valid_rows.numel(), dtype=dtype, device=flat.student.device)
+        student = flat.student.detach()
+        for chunk in row_chunks(flat.valid_rows, chunk_rows(self.cfg.chunk_size, vs)):
+            s = chunk.take(student).to(dtype)
+            t = chunk.take(flat.teacher)[:, :vs].to(dtype)
+            scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
+        return scores
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -141,15 +157,19 @@ class AdaKDLoss(torch.nn.Module):
         flat = self._flatten(student_logits, teacher_logits if use_kd else None, labels, attention_mask)
         rank, world = world_info()
         dev = flat.student.device
+        vs = flat.student.shape[-1]
+        size = chunk_rows(cfg.chunk_size, vs)
 
-        scores_local, finite = self._local_scores(flat)
+        # the difficulty pass runs only when LATF or IDTS needs the scores (plain KD leaves the diff_* stats at 0)
+        selective = use_kd and (cfg.use_latf or cfg.use_idts)
+        computed = selective and self.indicator is not Indicator.RANDOM
+        scores_local = self._local_scores(flat) if computed else None
+        bad_scores = scores_local is not None and not bool(torch.isfinite(scores_local).all())
         n_local = flat.valid_rows.numel()
         # collective 1: counts and health, so a bad rank fails every rank with the same message (no hang)
-        table = all_gather_rows(torch.tensor([n_local, int(not finite)], dtype=torch.long, device=dev))
+        table = all_gather_rows(torch.tensor([n_local, int(bad_scores)], dtype=torch.long, device=dev))
         counts = [int(c) for c in table[:, 0]]
-        bad = [r for r in range(world) if int(table[r, 1])]
-        if bad:
-            raise ValueError(f"non-finite (NaN/inf) logits on rank(s) {bad}")
+        _raise_if_bad([r for r in range(world) if int(table[r, 1])])
         n_global = sum(counts)
         if n_global == 0:
             raise ValueError("no valid token in the global micro-batch: every label is -100 (or masked out)")
@@ -159,58 +179,100 @@ class AdaKDLoss(torch.nn.Module):
         stats = LossStats(loss=0.0, kd_loss=0.0, ce_loss=0.0, ratio=1.0, k=0, n=n_global)
         kd_sum = torch.zeros((), dtype=work_dtype(flat.student), device=dev)
         if use_kd:
-            # collective 2: every rank's scores, in rank order = global token order
-            scores, _, _ = gather_variable(scores_local, counts)
-            if self.indicator is Indicator.RANDOM:
-                scores = (
-                    torch.rand(n_global, generator=self.generator, dtype=torch.float64).to(scores_local.dtype).to(dev)
-                )
-            ratio = self.controller.ratio if cfg.use_latf else 1.0
-            selected = select_top_ratio(scores, ratio) if cfg.use_latf else torch.ones_like(scores, dtype=torch.bool)
-            k_global = int(selected.sum())
-            taus_global = torch.full((n_global,), float(cfg.temperature), dtype=scores.dtype, device=dev)
-            if cfg.use_idts:
-                median = lower_median(scores[selected])
-                taus_global[selected] = idts_temperatures(
-                    scores[selected], median, cfg.temperature, cfg.c, cfg.inverse_sign
-                )
-            local_sel = selected[offset : offset + n_local]
-            rows = flat.valid_rows[local_sel]
-            taus = taus_global[offset : offset + n_local][local_sel]
-            vs = flat.student.shape[-1]
-
-            def kd_chunk(x: Tensor, pos: Tensor) -> Tensor:
-                tau = taus[pos].to(x.dtype)
-                t = flat.teacher.index_select(0, rows[pos])[:, :vs].to(x.dtype)
-                return (tau.square() * self.divergence(x, t, tau)).sum()
-
-            stats.k = k_global
-            k_den = step_totals[0] if step_totals else k_global
-            kd_sum = buffer.accumulate(rows, kd_chunk, cfg.chunk_size, cfg.kd_ratio * world * accum / k_den)
-            self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
+            if selective:
+                rows, taus = self._select(flat, scores_local, counts, offset, stats)
+            else:
+                rows, taus = flat.valid_rows, float(cfg.temperature)
+                self._fill_plain_stats(stats, n_global, counts, cfg.temperature, dev)
+            k_den = step_totals[0] if step_totals else stats.k
+            kernel = self._kd_kernel(flat, taus)
+            kd_sum = buffer.accumulate(rows, kernel, size, cfg.kd_ratio * world * accum / k_den)
 
         k_den, n_den = step_totals if step_totals else (max(stats.k, 1), n_global)
         ce_sum = torch.zeros_like(kd_sum)
         if cfg.kd_ratio < 1.0:
-            labels_valid = flat.labels.index_select(0, flat.valid_rows)
-
-            def ce_chunk(x: Tensor, pos: Tensor) -> Tensor:
-                log_q = tempered_log_probs(x, 1.0)
-                return -log_q.gather(-1, labels_valid[pos].long().unsqueeze(-1)).sum()
-
             ce_sum = buffer.accumulate(
-                flat.valid_rows, ce_chunk, cfg.chunk_size, (1.0 - cfg.kd_ratio) * world * accum / n_den
+                flat.valid_rows, _ce_kernel(flat.labels), size, (1.0 - cfg.kd_ratio) * world * accum / n_den
             )
 
         k_norm = max(stats.k, 1)
         local_loss = world * accum * (cfg.kd_ratio * kd_sum / k_den + (1.0 - cfg.kd_ratio) * ce_sum / n_den)
-        # collective 3: the global sums, for logging and the LATF step loss
-        sums = all_reduce_sum(torch.stack([kd_sum.to(torch.float64), ce_sum.to(torch.float64)]))
+        # collective 3: the global sums (for logging and the LATF step loss) and one health flag per rank: a NaN or
+        # +inf logit leaves a non-finite local sum, and every rank learns which rank it was
+        health = torch.zeros(world, dtype=torch.float64, device=dev)
+        health[rank] = float(not bool(torch.isfinite(kd_sum + ce_sum)))
+        sums = all_reduce_sum(torch.cat([torch.stack([kd_sum, ce_sum]).to(torch.float64).nan_to_num(), health]))
+        _raise_if_bad([r for r in range(world) if float(sums[2 + r]) > 0])
         stats.kd_loss = float(sums[0]) / k_norm if use_kd else 0.0
         stats.ce_loss = float(sums[1]) / n_global if cfg.kd_ratio < 1.0 else 0.0
         stats.loss = cfg.kd_ratio * stats.kd_loss + (1.0 - cfg.kd_ratio) * stats.ce_loss
         stats.step_part = cfg.kd_ratio * float(sums[0]) / k_den + (1.0 - cfg.kd_ratio) * float(sums[1]) / n_den
         return buffer.attach(local_loss), stats
+
+    def _select(
+        self, flat: _Flat, scores_local: Tensor | None, counts: list[int], offset: int, stats: LossStats
+    ) -> tuple[Tensor, Tensor]:
+        """LATF selection and IDTS temperatures over the global batch: (local selected rows, their taus)."""
+        cfg = self.cfg
+        n_global, n_local = sum(counts), flat.valid_rows.numel()
+        dev = flat.student.device
+        if scores_local is None:  # the random indicator: one global draw, identical on every rank
+            dtype = work_dtype(flat.student)
+            scores = torch.rand(n_global, generator=self.generator, dtype=torch.float64).to(dtype).to(dev)
+        else:
+            # collective 2: every rank's scores, in rank order = global token order
+            scores, _, _ = gather_variable(scores_local, counts)
+        ratio = self.controller.ratio if cfg.use_latf else 1.0
+        selected = select_top_ratio(scores, ratio) if cfg.use_latf else torch.ones_like(scores, dtype=torch.bool)
+        taus_global = torch.full((n_global,), float(cfg.temperature), dtype=scores.dtype, device=dev)
+        if cfg.use_idts:
+            median = lower_median(scores[selected])
+            stats.median = float(median)
+            taus_global[selected] = idts_temperatures(
+                scores[selected], median, cfg.temperature, cfg.c, cfg.inverse_sign
+            )
+        local_sel = selected[offset : offset + n_local]
+        stats.k = int(selected.sum())
+        self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
+        return flat.valid_rows[local_sel], taus_global[offset : offset + n_local][local_sel]
+
+    def _kd_kernel(self, flat: _Flat, taus: Tensor | float):
+        """Chunk kernel for sum tau^2 * d(tau): analytic gradient where the divergence has one, else autograd."""
+        vs = flat.student.shape[-1]
+        teacher = flat.teacher
+        analytic = self.divergence_with_grad
+
+        def tau_of(chunk: RowChunk) -> Tensor | float:
+            return taus[chunk.pos] if isinstance(taus, Tensor) else taus
+
+        if analytic is None:
+
+            def values(x: Tensor, chunk: RowChunk) -> Tensor:
+                tau = tau_column(tau_of(chunk), x)
+                t = chunk.take(teacher)[:, :vs].to(x.dtype)
+                return tau.squeeze(-1).square() * self.divergence(x, t, tau.squeeze(-1))
+
+            return autograd_kernel(values)
+
+        def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
+            tau = tau_column(tau_of(chunk), x)
+            t = chunk.take(teacher)[:, :vs].to(x.dtype)
+            vals, g, factor = analytic(x, t, tau, sink is not None)
+            w = tau.square()
+            if sink is not None:
+                sink.add(g, w * factor)
+            return torch.linalg.vecdot(w.squeeze(-1), vals)
+
+        return kernel
+
+    @staticmethod
+    def _fill_plain_stats(stats: LossStats, n: int, counts: list[int], tau: float, dev: torch.device) -> None:
+        """Plain KD: every valid token is selected at the fixed temperature; no scores were computed."""
+        stats.k = n
+        stats.tau_min = stats.tau_mean = stats.tau_max = float(tau)
+        stats.rank_share = [c / n for c in counts]
+        stats.taus = torch.full((n,), float(tau), dtype=torch.float64, device=dev)
+        stats.selected = torch.ones(n, dtype=torch.bool, device=dev)
 
     @staticmethod
     def _fill_selection_stats(

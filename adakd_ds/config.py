@@ -105,7 +105,7 @@ class LossConfig:
     ab_beta: float = 0.7
     # mixing and memory
     kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
-    chunk_size: int = 1024  # tokens per fp32 [chunk, V] working set
+    chunk_size: int = 0  # tokens per fp32 [chunk, V] working set; 0 = auto (about 2**20 logits per chunk)
 
     @property
     def use_latf(self) -> bool:
@@ -183,8 +183,8 @@ class RunConfig:
                 problems.append(f"loss.{name} must lie strictly in (0, 1), got {getattr(self.loss, name)}")
         if self.loss.ab_alpha == 0 or self.loss.ab_beta == 0 or self.loss.ab_alpha + self.loss.ab_beta == 0:
             problems.append("loss.ab_alpha, loss.ab_beta and their sum must be non-zero")
-        if self.loss.chunk_size < 1:
-            problems.append(f"loss.chunk_size must be >= 1, got {self.loss.chunk_size}")
+        if self.loss.chunk_size < 0:
+            problems.append(f"loss.chunk_size must be >= 0 (0 = auto), got {self.loss.chunk_size}")
         if self.data.max_prompt_len >= self.data.max_len:
             problems.append("data.max_prompt_len must be smaller than data.max_len")
         if problems:

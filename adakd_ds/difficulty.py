@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from adakd_ds.config import Indicator
-from adakd_ds.losses._common import kl_from_logs, log_mixture, tempered_log_probs
+from adakd_ds.losses._common import kl_from_logs, log_mixture, tempered_log_probs, work_dtype
 
 
 def parse_indicator(name: Indicator | str) -> Indicator:
@@ -26,12 +26,18 @@ def parse_indicator(name: Indicator | str) -> Indicator:
         ) from None
 
 
+def _sqrt_probs(logits: Tensor) -> Tensor:
+    """sqrt(softmax(z)) = e / ||e||_2 with e = exp((z - max z) / 2): one exp per logit instead of two."""
+    x = logits.to(work_dtype(logits))
+    e = torch.add(x.amax(-1, keepdim=True).mul_(-0.5), x, alpha=0.5).exp_()  # exp((x - max) / 2), exactly
+    return e.div_(torch.linalg.vector_norm(e, dim=-1, keepdim=True))
+
+
 @torch.no_grad()
 def hellinger(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """(1/sqrt 2) * ||sqrt p - sqrt q||_2, via the direct difference so identical inputs give exactly 0."""
-    sqrt_q = (0.5 * tempered_log_probs(student_logits, 1.0)).exp()
-    sqrt_p = (0.5 * tempered_log_probs(teacher_logits, 1.0)).exp()
-    return (sqrt_p - sqrt_q).square().sum(-1).sqrt() / math.sqrt(2.0)
+    diff = _sqrt_probs(teacher_logits).sub_(_sqrt_probs(student_logits))
+    return torch.linalg.vector_norm(diff, dim=-1) / math.sqrt(2.0)
 
 
 @torch.no_grad()
@@ -48,7 +54,7 @@ def token_difficulty(
     if kind is Indicator.CE:
         return -log_q.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
     if kind is Indicator.ENTROPY:
-        return -(log_q.exp() * log_q).sum(-1)
+        return -(log_q.exp() * log_q.masked_fill(torch.isneginf(log_q), 0.0)).sum(-1)  # 0 log 0 = 0
     log_p = tempered_log_probs(teacher_logits, 1.0)
     if kind is Indicator.FKL:
         return kl_from_logs(log_p, log_q)

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--chunk-size", type=int, default=1024, help="the AdaKD kernel's tokens per chunk")
+    ap.add_argument(
+        "--chunk-size", type=int, default=0, help="the AdaKD kernel's tokens per chunk (0: auto, ~2**20 logits)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
     ap.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # the subprocess mode
     args = ap.parse_args(argv)

@@ -169,13 +169,14 @@ def single(name: str) -> dict:
 def test_selection_median_and_taus_match(ranks, name):
     one = single(name)["stats"]
     sel = one.selected.bool()
-    median = ref.lower_median(one.scores[sel].tolist())  # LossStats has no median field: recomputed from the stats
+    median = ref.lower_median(one.scores[sel].tolist())  # the reference's lower median of the selected scores
+    assert one.median == median, "stats.median is not the lower median of the selected scores"
     for r, res in enumerate(ranks):
         st = res[name]["stats"]
         assert (st.n, st.k) == (one.n, one.k), f"rank {r}"
         assert torch.equal(st.selected.bool(), sel), f"rank {r} selected a different set"
         torch.testing.assert_close(st.scores, one.scores, **TOL)
-        assert ref.lower_median(st.scores[st.selected.bool()].tolist()) == pytest.approx(median, abs=1e-6)
+        assert st.median == pytest.approx(median, abs=1e-6), f"rank {r} used a different median"
         torch.testing.assert_close(st.taus, one.taus, **TOL)
         assert st.ratio == one.ratio
     # the taus are the IDTS formula at the recomputed median (not just equal to each other)

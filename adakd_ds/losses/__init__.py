@@ -9,13 +9,15 @@ from torch import Tensor
 
 from adakd_ds.config import Divergence, LossConfig
 from adakd_ds.losses.ab import alpha_beta
-from adakd_ds.losses.fkl import forward_kl
+from adakd_ds.losses.fkl import forward_kl, forward_kl_with_grad
 from adakd_ds.losses.jsd import jensen_shannon
-from adakd_ds.losses.rkl import reverse_kl
+from adakd_ds.losses.rkl import reverse_kl, reverse_kl_with_grad
 from adakd_ds.losses.skew import skew_forward_kl, skew_reverse_kl
 from adakd_ds.losses.tvd import total_variation
 
 DivergenceFn = Callable[[Tensor, Tensor, "Tensor | float"], Tensor]
+# (student, teacher, tau, want_grad) -> (values [T], g [T, V] or None, f [T, 1]) with d values / d student = f * g
+GradDivergenceFn = Callable[[Tensor, Tensor, "Tensor | float", bool], "tuple[Tensor, Tensor | None, Tensor]"]
 
 _REGISTRY: dict[Divergence, Callable[..., Tensor]] = {
     Divergence.FKL: forward_kl,
@@ -25,6 +27,12 @@ _REGISTRY: dict[Divergence, Callable[..., Tensor]] = {
     Divergence.SFKL: skew_forward_kl,
     Divergence.SRKL: skew_reverse_kl,
     Divergence.AB: alpha_beta,
+}
+
+# divergences with an analytic student gradient (no autograd graph in the chunked loss); the rest use autograd
+_WITH_GRAD: dict[Divergence, GradDivergenceFn] = {
+    Divergence.FKL: forward_kl_with_grad,
+    Divergence.RKL: reverse_kl_with_grad,
 }
 
 
@@ -54,4 +62,16 @@ def get_divergence(name: Divergence | str, cfg: LossConfig | None = None) -> Div
     return functools.partial(fn, **params[kind]) if kind in params else fn
 
 
-__all__ = ["Divergence", "DivergenceFn", "get_divergence", "parse_divergence"]
+def get_divergence_with_grad(name: Divergence | str) -> GradDivergenceFn | None:
+    """The analytic value-and-gradient form of a divergence, or None where only the autograd form exists."""
+    return _WITH_GRAD.get(parse_divergence(name))
+
+
+__all__ = [
+    "Divergence",
+    "DivergenceFn",
+    "GradDivergenceFn",
+    "get_divergence",
+    "get_divergence_with_grad",
+    "parse_divergence",
+]

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from adakd_ds.losses._common import kl_from_logs, tempered_log_probs
+from adakd_ds.losses._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
 
 
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
     log_q = tempered_log_probs(student_logits, tau)
     log_p = tempered_log_probs(teacher_logits, tau)
     return kl_from_logs(log_p, log_q)
+
+
+@torch.no_grad()
+def forward_kl_with_grad(
+    student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float, want_grad: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(KL(p||q) per row, g, f) with d KL / d student_logits = f * g; here g = q - p and f = 1 / tau.
+
+    The gradient is analytic, so no autograd graph (and its [c, V] saved tensors) is built.
+    """
+    tau_col = tau_column(tau, student_logits)
+    log_q = tempered_log_probs(student_logits, tau_col)
+    log_p = tempered_log_probs(teacher_logits, tau_col)
+    p = log_p.exp()
+    diff = log_p.sub_(log_q)  # log p - log q
+    values = row_dot(p, diff)
+    if bool(torch.isnan(values).any()):  # -inf masks on both sides: 0 * (-inf - -inf); p = 0 contributes 0
+        values = row_dot(p, diff.masked_fill_(p == 0, 0.0))
+    if not want_grad:
+        return values, None, tau_col
+    g = log_q.exp_().sub_(p)
+    return values, g, tau_col.reciprocal()

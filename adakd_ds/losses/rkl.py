@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from adakd_ds.losses._common import kl_from_logs, tempered_log_probs
+from adakd_ds.losses._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
     log_q = tempered_log_probs(student_logits, tau)
     log_p = tempered_log_probs(teacher_logits, tau)
     return kl_from_logs(log_q, log_p)
+
+
+@torch.no_grad()
+def reverse_kl_with_grad(
+    student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float, want_grad: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(KL(q||p) per row, g, f) with d KL / d student_logits = f * g; g = q * ((log q - log p) - KL), f = 1 / tau."""
+    tau_col = tau_column(tau, student_logits)
+    log_q = tempered_log_probs(student_logits, tau_col)
+    log_p = tempered_log_probs(teacher_logits, tau_col)
+    q = log_q.exp()
+    diff = log_q.sub_(log_p)  # log q - log p
+    values = row_dot(q, diff)
+    if bool(torch.isnan(values).any()):  # -inf masks on both sides: q = 0 contributes 0
+        values = row_dot(q, diff.masked_fill_(q == 0, 0.0))
+    if not want_grad:
+        return values, None, tau_col
+    g = diff.sub_(values.unsqueeze(-1)).mul_(q)
+    return values, g, tau_col.reciprocal()
