@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc:
         plan = dataclasses.replace(plan, nproc=args.nproc)
     t0 = time.perf_counter()
-    rows = run(Path(args.out), plan, quiet=args.quiet)
+    rows = run(Path(args.out).resolve(), plan, quiet=args.quiet)  # stages run from the repo root
     print("\n" + format_table(rows))
     print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s; results in {args.out}/quickstart_results.json")
     return 0
