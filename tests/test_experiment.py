@@ -176,7 +176,7 @@ def test_markdown_table_layout() -> None:
     md = results_markdown(_rows(), ["rkl", "fkl"], variants, "one greedy pass")
     lines = md.splitlines()
     rouge = lines[lines.index("### ROUGE-L (x100)") + 2 :][:4]
-    assert rouge[0] == "| loss | base | +AdaKD | +IDTS flipped |"
+    assert rouge[0] == "| loss | base | +AdaKD | +AdaKD, flipped sign |"
     assert rouge[2] == "| rkl | 12.00 ± 1.63 | 14.00 ± 1.00 (+2.00) [n=2] |  |"
     assert rouge[3] == "| fkl | 20.00 ± 0.00 |  | 18.50 ± 0.00 (-1.50) [n=1] |"
     em = lines[lines.index("### exact match (x100)") + 2 :][:4]
