@@ -28,11 +28,12 @@ class Plan:
     vocab: int = 384
     teacher_hidden: int = 192
     teacher_layers: int = 3
-    student_hidden: int = 64
+    student_hidden: int = 96
     student_layers: int = 2
-    teacher_steps: int = 700
+    teacher_steps: int = 900
     student_init_steps: int = 150
     student_steps: int = 250
+    kd_ratio: float = 0.5  # distilled students also see the labels (torchtune's default); 1.0 is pure KD
     micro_batch: int = 16
     teacher_lr: float = 1.5e-3  # 3e-3 and 6e-3 learned less in the same steps
     student_lr: float = 2e-3
@@ -45,11 +46,12 @@ class Plan:
 FULL = Plan()
 FAST = Plan(
     n_train=800, n_test=48, teacher_hidden=96, teacher_layers=2, student_hidden=32, student_layers=1,
-    teacher_steps=120, student_init_steps=10, student_steps=10, seeds=(1,),
+    teacher_steps=300, student_init_steps=10, student_steps=10, seeds=(1,),
 )  # fmt: skip
 
 
-def _llama_config(vocab: int, hidden: int, layers: int) -> Any:
+def llama_config(vocab: int, hidden: int, layers: int) -> Any:
+    """The small Llama shape used for the embedded default (and the step benchmark)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -87,16 +89,16 @@ def prepare(out: Path, plan: Plan) -> dict[str, Path]:
     ):
         cfg_dir = out / "configs" / role
         if not (cfg_dir / "config.json").is_file():
-            _llama_config(vocab, hidden, layers).save_pretrained(cfg_dir)
+            llama_config(vocab, hidden, layers).save_pretrained(cfg_dir)
         paths[f"{role}_config"] = cfg_dir
     untrained = out / "student_untrained"
     if not (untrained / "model.safetensors").is_file():
         import torch
 
         torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(
-            _llama_config(vocab, plan.student_hidden, plan.student_layers)
-        ).save_pretrained(untrained)
+        AutoModelForCausalLM.from_config(llama_config(vocab, plan.student_hidden, plan.student_layers)).save_pretrained(
+            untrained
+        )
         AutoTokenizer.from_pretrained(str(tok_dir)).save_pretrained(untrained)
     paths["untrained"] = untrained
     paths["tokenizer"] = tok_dir
@@ -156,7 +158,9 @@ def train_shared(out: Path, paths: dict[str, Path], plan: Plan, stage: _Stages) 
 
 def student_config(out_dir: Path, paths: dict[str, Path], plan: Plan, init: Path, teacher: Path) -> dict[str, Any]:
     """A student row / grid cell: continues from the SFT init for plan.student_steps; the caller sets mode and loss."""
-    return run_config(out_dir, paths, plan, plan.student_steps, student=str(init), teacher=str(teacher))
+    cfg = run_config(out_dir, paths, plan, plan.student_steps, student=str(init), teacher=str(teacher))
+    cfg["loss"]["kd_ratio"] = plan.kd_ratio
+    return cfg
 
 
 def run(out: Path, plan: Plan, quiet: bool = False) -> list[dict[str, Any]]:

@@ -30,8 +30,9 @@ VARIANTS = {
 
 def build_assets(root: Path, teacher_hidden: int, student_hidden: int) -> dict[str, str]:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
+    from adakd_ds.quickstart import llama_config
     from adakd_ds.synthetic_tasks import generate_records, write_jsonl
     from adakd_ds.tokenizer_train import train_tokenizer
 
@@ -42,19 +43,9 @@ def build_assets(root: Path, teacher_hidden: int, student_hidden: int) -> dict[s
 
     vocab = len(AutoTokenizer.from_pretrained(tok_dir))
 
-    def llama(hidden: int, layers: int) -> LlamaConfig:
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=hidden * 4,
-            num_hidden_layers=layers,
-            num_attention_heads=max(1, hidden // 64),
-            max_position_embeddings=256,
-        )
-
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(llama(teacher_hidden, 4)).save_pretrained(root / "teacher")
-    llama(student_hidden, 2).save_pretrained(root / "student_config")
+    AutoModelForCausalLM.from_config(llama_config(vocab, teacher_hidden, 4)).save_pretrained(root / "teacher")
+    llama_config(vocab, student_hidden, 2).save_pretrained(root / "student_config")
     return {"teacher": str(root / "teacher"), "student_config": str(root / "student_config"), "tokenizer": tok_dir}
 
 
