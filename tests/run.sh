@@ -9,7 +9,7 @@ bash launch/install.sh
 export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check adakd_ds launch tests bench
 set +e
-python -m pytest -q "$@"
+python -m pytest -q --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

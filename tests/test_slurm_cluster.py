@@ -148,6 +148,7 @@ def test_submit_cli_submits(slurm_cluster: SlurmCluster, tmp_path: Path, capsys,
     )
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     argv = ["--config", str(cfg), "--nodes", "1", "--gpus-per-node", "2", "--accelerator", "cpu", "--time", "3:00"]
+    argv += ["--signal-seconds", "60"]  # must stay below --time
     assert submit_main([*argv, "--job-name", "held", "--sbatch-arg=--hold"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Submitted batch job ")
