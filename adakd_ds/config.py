@@ -191,6 +191,17 @@ class RunConfig:
             raise ValueError("invalid config: " + "; ".join(problems))
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_shipped_path(path: str) -> str:
+    """A relative path that does not exist here is looked up in the repository (ds_configs/ ships with it)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    shipped = os.path.join(REPO_ROOT, path)
+    return shipped if os.path.exists(shipped) else path
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses."""
 

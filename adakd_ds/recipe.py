@@ -16,7 +16,7 @@ import torch
 
 from adakd_ds.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.checkpoint import CheckpointError, CheckpointManager, read_marker, resolve_resume
-from adakd_ds.config import Mode, RunConfig, config_to_dict, save_config
+from adakd_ds.config import Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.dist_stats import all_reduce_sum
 from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed
@@ -58,6 +58,9 @@ class DistillRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         cfg.validate()
+        cfg.deepspeed.student = resolve_shipped_path(cfg.deepspeed.student)
+        if cfg.deepspeed.teacher:
+            cfg.deepspeed.teacher = resolve_shipped_path(cfg.deepspeed.teacher)
         info = init_distributed()
         self.rank, self.world, self.device = info.rank, info.world_size, info.device
         self.out = Path(cfg.output.dir)

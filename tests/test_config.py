@@ -14,6 +14,7 @@ from adakd_ds.config import (
     config_to_dict,
     load_config,
     parse_overrides,
+    resolve_shipped_path,
     save_config,
 )
 
@@ -86,3 +87,13 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(str(tmp_path / "config.yaml"))
     assert config_to_dict(again) == config_to_dict(cfg)
     assert again.loss.divergence is Divergence.AB
+
+
+def test_shipped_ds_config_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    found = resolve_shipped_path(RunConfig().deepspeed.student)  # "ds_configs/zero3.json", not under tmp_path
+    assert found.endswith("ds_configs/zero3.json") and found != "ds_configs/zero3.json"
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero3.json").write_text("{}")
+    assert resolve_shipped_path("ds_configs/zero3.json") == "ds_configs/zero3.json"  # the user's own file wins
+    assert resolve_shipped_path("nope/x.json") == "nope/x.json"  # left for the loader to report
