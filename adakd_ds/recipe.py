@@ -16,7 +16,7 @@ import torch
 
 from adakd_ds.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.checkpoint import CheckpointError, CheckpointManager, read_marker, resolve_resume
-from adakd_ds.config import Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
+from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.dist_stats import all_reduce_sum
 from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed
@@ -87,6 +87,8 @@ class DistillRecipe:
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
+        # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
+        self.history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
 
     def _setup_output_dir(self) -> None:
         try:
@@ -268,13 +270,6 @@ class DistillRecipe:
             }
         )
 
-    @property
-    def history(self) -> list[dict[str, float]]:
-        """Per-step loss and r, also written to <output.dir>/history.jsonl by rank 0 (the tests read it)."""
-        if not hasattr(self, "_history"):
-            self._history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
-        return self._history
-
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Sharded ZeRO-3 states + the training state; the teacher is never saved."""
@@ -337,7 +332,7 @@ def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
     return tree if tree != {} else None
 
 
-def _sft_loss(cfg: RunConfig):
+def _sft_loss(cfg: RunConfig) -> LossConfig:
     """mode=sft trains on labels alone: the same loss module with kd_ratio 0 (no teacher, no AdaKD)."""
     import dataclasses
 

@@ -167,6 +167,25 @@ class RunResult:
     seconds: float
 
 
+def start_launch(
+    args: list[str],
+    launcher: str = "torchrun",
+    nproc: int = 2,
+    env: dict[str, str] | None = None,
+    script: str = DISTILL,
+) -> subprocess.Popen:
+    """Start a launcher in its own process group (the caller kills it with kill_group); output in .stdout."""
+    return subprocess.Popen(
+        launcher_cmd(launcher, nproc, script) + args,
+        cwd=REPO,
+        env=run_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def run_launch(
     args: list[str],
     launcher: str = "torchrun",
@@ -176,17 +195,9 @@ def run_launch(
     script: str = DISTILL,
 ) -> RunResult:
     """Run a launcher in its own process group; the whole group is killed on timeout or failure."""
-    cmd = launcher_cmd(launcher, nproc, script) + args
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=run_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_launch(args, launcher, nproc, env, script)
+    cmd = proc.args
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

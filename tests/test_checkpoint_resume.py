@@ -20,9 +20,8 @@ import torch
 from tests.engine_fixtures import (
     build_tiny_setup,
     kill_group,
-    launcher_cmd,
     read_history,
-    run_env,
+    start_launch,
     trajectory,
     write_run_config,
 )
@@ -141,17 +140,7 @@ def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen, timeout: float = 
 
 
 def _start(cfg: Path, launcher: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    from tests.engine_fixtures import REPO
-
-    return subprocess.Popen(
-        launcher_cmd(launcher, 2) + ["--config", str(cfg)],
-        cwd=REPO,
-        env=run_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return start_launch(["--config", str(cfg)], launcher, 2, env)
 
 
 @pytest.mark.slow
