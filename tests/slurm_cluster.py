@@ -41,6 +41,14 @@ class SlurmUnavailable(RuntimeError):
     """Slurm is not installed and cannot be installed here (not root, or no apt)."""
 
 
+def _ensure_sbin_on_path() -> None:
+    """The daemons live in /usr/sbin, which a minimal (non-login) shell's PATH may lack."""
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    extra = [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in parts]
+    if extra:
+        os.environ["PATH"] = os.pathsep.join(parts + extra)
+
+
 def _missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None and not os.path.exists(f"/usr/sbin/{b}")]
 
@@ -232,6 +240,7 @@ def _write_conf(root: Path, node: str, cpus: int | None) -> Path:
 
 def start_cluster(root: Path, cpus: int | None = 4, timeout: float = 30) -> SlurmCluster:
     """Install if needed, then start munged, slurmctld and slurmd on 127.0.0.1 with state under ``root``."""
+    _ensure_sbin_on_path()
     ensure_slurm_installed()
     shutil.rmtree(root, ignore_errors=True)  # job ids restart at 1 on a wiped state folder: callers use fresh dirs
     for sub in ("state", "spool"):
