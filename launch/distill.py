@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.cli import distill_main
+from adakd_ds.engine.cli import distill_main
 
 if __name__ == "__main__":
     sys.exit(distill_main())

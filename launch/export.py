@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.export import export_main
+from adakd_ds.checkpoint.export import export_main
 
 if __name__ == "__main__":
     sys.exit(export_main())

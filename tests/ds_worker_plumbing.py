@@ -42,17 +42,17 @@ def main() -> None:
     ap.add_argument("--local_rank", type=int, default=0)  # passed by the deepspeed CLI
     args = ap.parse_args()
 
-    from adakd_ds.distributed import init_distributed, rank_zero_print, seed_everything, shutdown_distributed
+    from adakd_ds.engine.distributed import init_distributed, rank_zero_print, seed_everything, shutdown_distributed
 
     info = init_distributed()
     import deepspeed
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
+    from adakd_ds.checkpoint.export import export_hf
     from adakd_ds.config import DType, RunConfig
-    from adakd_ds.ds_config import derive_teacher_config, fill_auto, load_ds_config
-    from adakd_ds.export import export_hf
-    from adakd_ds.models import build_student, build_teacher, check_vocab
+    from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
+    from adakd_ds.engine.models import build_student, build_teacher, check_vocab
 
     seed_everything(1234)
     w = args.work

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from adakd_ds.adakd_loss import AdaKDLoss
 from adakd_ds.config import Divergence, Indicator, LossConfig
+from adakd_ds.loss.adakd_loss import AdaKDLoss
 
 WORLD = 2
 TOL = {"rtol": 1e-6, "atol": 1e-6}

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from adakd_ds.config import DType, RunConfig
-from adakd_ds.ds_config import (
+from adakd_ds.engine.ds_config import (
     DSConfigError,
     assert_no_auto,
     derive_teacher_config,
@@ -240,7 +240,7 @@ def test_two_rank_zero3_build_train_export(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adakd_ds.export import export_main
+    from adakd_ds.checkpoint.export import export_main
 
     work = str(tmp_path)
     _models(work)
@@ -273,7 +273,7 @@ def test_two_rank_zero3_build_train_export(tmp_path):
 
 
 def test_export_main_errors(tmp_path, capsys):
-    from adakd_ds.export import export_main
+    from adakd_ds.checkpoint.export import export_main
 
     assert export_main(["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no 'latest' file" in capsys.readouterr().err

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adakd_ds.eval_formats import EvalFormat, EvalFormatError, load_eval_samples
-from adakd_ds.eval_metrics import aggregate, exact_match, mean_std, rouge_l, score_sample
-from adakd_ds.synthetic_tasks import generate_splits, write_jsonl
-from adakd_ds.tokenizer_train import train_tokenizer
+from adakd_ds.eval.formats import EvalFormat, EvalFormatError, load_eval_samples
+from adakd_ds.eval.metrics import aggregate, exact_match, mean_std, rouge_l, score_sample
+from adakd_ds.experiments.synthetic_tasks import generate_splits, write_jsonl
+from adakd_ds.experiments.tokenizer_train import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def tiny(tmp_path_factory):
 
 
 def _eval(tiny, out: str, *extra: str) -> dict:
-    from adakd_ds.evaluate import eval_main
+    from adakd_ds.eval.evaluate import eval_main
 
     root, dirs = tiny
     args = ["--model", dirs["student"], "--data", str(root / "test.jsonl"), "--out", out, "--max-new-tokens", "8"]
@@ -211,7 +211,7 @@ def test_eval_loss_matches_float64_loop(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adakd_ds.data.formats import render_prompt
-    from adakd_ds.eval_loss import eval_loss
+    from adakd_ds.eval.heldout_loss import eval_loss
 
     root, dirs = tiny
     tok = AutoTokenizer.from_pretrained(dirs["student"])

@@ -16,8 +16,8 @@ import yaml
 
 from adakd_ds import experiment, pipeline
 from adakd_ds.config import Divergence, load_config
-from adakd_ds.experiment import Cell, GridError, GridSpec, Variant, build_spec, cell_config
-from adakd_ds.experiment_report import CellResult, Status, aggregate, results_markdown, write_reports
+from adakd_ds.experiments.grid import Cell, GridError, GridSpec, Variant, build_spec, cell_config
+from adakd_ds.experiments.report import CellResult, Status, aggregate, results_markdown, write_reports
 
 # ------------------------------------------------------------------------------------------------ variants
 

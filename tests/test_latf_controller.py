@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adakd_ds.config import LossConfig
-from adakd_ds.latf import LATFController
+from adakd_ds.loss.latf import LATFController
 
 
 def make(total_steps: int = 20, **kw) -> tuple[LATFController, ref.RefLATF]:

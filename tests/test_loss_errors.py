@@ -6,10 +6,10 @@ import pytest
 import reference_loss as ref
 import torch
 
-from adakd_ds.adakd_loss import AdaKDLoss
 from adakd_ds.config import Divergence, Indicator, LossConfig
-from adakd_ds.difficulty import token_difficulty
-from adakd_ds.losses import get_divergence
+from adakd_ds.loss.adakd_loss import AdaKDLoss
+from adakd_ds.loss.difficulty import token_difficulty
+from adakd_ds.loss.divergences import get_divergence
 
 
 def raises_one_line(pattern: str, fn, *args):

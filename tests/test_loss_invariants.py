@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adakd_ds.adakd_loss import AdaKDLoss
 from adakd_ds.config import Divergence, Indicator, LossConfig
-from adakd_ds.difficulty import token_difficulty
+from adakd_ds.loss.adakd_loss import AdaKDLoss
+from adakd_ds.loss.difficulty import token_difficulty
 
 
 def loss_and_grad(cfg: LossConfig, zs, zt, labels, mask=None, ratio: float = 1.0):

@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adakd_ds.adakd_loss import AdaKDLoss
 from adakd_ds.config import Divergence, Indicator, LossConfig
-from adakd_ds.difficulty import token_difficulty
-from adakd_ds.idts import idts_temperatures, lower_median
-from adakd_ds.latf import select_top_ratio
-from adakd_ds.losses import get_divergence
+from adakd_ds.loss.adakd_loss import AdaKDLoss
+from adakd_ds.loss.difficulty import token_difficulty
+from adakd_ds.loss.divergences import get_divergence
+from adakd_ds.loss.idts import idts_temperatures, lower_median
+from adakd_ds.loss.latf import select_top_ratio
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}
 DIVS = [d.value for d in Divergence]

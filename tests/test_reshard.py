@@ -1,4 +1,4 @@
-"""A ZeRO-3 checkpoint resumes on another world size with its optimizer state (adakd_ds.reshard, DeepSpeed's UC).
+"""A ZeRO-3 checkpoint resumes on another world size with its optimizer state (adakd_ds.checkpoint.reshard, DeepSpeed's UC).
 
 One chain of three real torchrun runs of tests/workers/reshard_worker.py (fp32, torch AdamW, a per-step lr schedule):
   A: 2 ranks, micro-batch 2: steps 1-6 uninterrupted, checkpoint at step 3  (the reference)
@@ -16,8 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from adakd_ds.checkpoint import MARKER, CheckpointError
-from adakd_ds.reshard import DONE, checkpoint_world_size, convert_to_universal, is_converted, main, universal_dir
+from adakd_ds.checkpoint.manager import MARKER, CheckpointError
+from adakd_ds.checkpoint.reshard import (
+    DONE,
+    checkpoint_world_size,
+    convert_to_universal,
+    is_converted,
+    main,
+    universal_dir,
+)
 from tests.engine_fixtures import REPO, run_launch
 
 WORKER = str(REPO / "tests" / "workers" / "reshard_worker.py")

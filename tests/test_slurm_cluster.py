@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from adakd_ds.slurm_render import Accelerator, Launcher, SlurmJob, render_sbatch
-from adakd_ds.submit import submit_main
+from adakd_ds.slurm.render import Accelerator, Launcher, SlurmJob, render_sbatch
+from adakd_ds.slurm.submit import submit_main
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (provides `slurm_cluster`)
 
 pytestmark = pytest.mark.slurm

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adakd_ds.slurm_render import (
+from adakd_ds.slurm.render import (
     REPO_ROOT,
     TEMPLATE,
     Accelerator,
@@ -24,7 +24,7 @@ from adakd_ds.slurm_render import (
     SlurmJobError,
     render_sbatch,
 )
-from adakd_ds.submit import submit_main
+from adakd_ds.slurm.submit import submit_main
 
 # scontrol: expands node[001-004] like Slurm; records requeues. srun: runs the task once per node with SLURM_NODEID.
 STUBS = {

@@ -7,8 +7,8 @@ import string
 
 import pytest
 
-from adakd_ds.synthetic_tasks import Task, generate_records, generate_splits, write_jsonl
-from adakd_ds.tokenizer_train import train_tokenizer
+from adakd_ds.experiments.synthetic_tasks import Task, generate_records, generate_splits, write_jsonl
+from adakd_ds.experiments.tokenizer_train import train_tokenizer
 
 _SHIFT = str.maketrans(string.ascii_lowercase, string.ascii_lowercase[1:] + "a")
 

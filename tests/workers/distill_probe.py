@@ -32,7 +32,7 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     cfg_path, report = args[0], Path(args[1])
     from adakd_ds.config import load_config
-    from adakd_ds.recipe import DistillRecipe
+    from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(load_config(cfg_path))
     try:

@@ -2,7 +2,7 @@
 
 phase=train: 3 optimizer steps, a checkpoint at step 3 (CheckpointManager, the recipe's layout), the fp32 params
 gathered at save time, then 3 more steps. phase=resume: a fresh engine on this world size loads the step-3 checkpoint
-through adakd_ds.reshard, records the fp32 params right after loading, and runs the same 3 steps. Every step sees
+through adakd_ds.checkpoint.reshard, records the fp32 params right after loading, and runs the same 3 steps. Every step sees
 the same 4 global samples whatever the world size (world x micro_batch x grad_accum = 4); rank 0 writes the losses.
 """
 
@@ -19,8 +19,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from adakd_ds.checkpoint import CheckpointManager, tag_for  # noqa: E402
-from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
+from adakd_ds.checkpoint.manager import CheckpointManager, tag_for  # noqa: E402
+from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed  # noqa: E402
 
 GLOBAL_BATCH = 4
 SEQ_LEN = 12
@@ -168,7 +168,7 @@ def main() -> int:
     if args.phase == "train":
         first, save_at, suffix = 1, SAVE_AT, ""
     else:
-        from adakd_ds.reshard import load_resharded
+        from adakd_ds.checkpoint.reshard import load_resharded
 
         client_state = load_resharded(engine, out / "checkpoints" / tag_for(args.from_step))
         state = gather_state(engine)

@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 
-from adakd_ds.preemption import EXIT_BAD_INPUT
+from adakd_ds.engine.preemption import EXIT_BAD_INPUT
 
 USAGE = """adakd-distill --config RUN.yaml [--section.key value ...]
 
@@ -42,7 +42,7 @@ def _quiet_library_warnings() -> None:
 
 
 def distill_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.checkpoint import CheckpointError
+    from adakd_ds.checkpoint.manager import CheckpointError
     from adakd_ds.config import ConfigError, load_config
 
     _quiet_library_warnings()
@@ -63,7 +63,7 @@ def distill_main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail("adakd-distill", exc)
 
-    from adakd_ds.recipe import DistillRecipe
+    from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(cfg)
     try:
@@ -76,13 +76,13 @@ def distill_main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.evaluate import eval_main as _eval
+    from adakd_ds.eval.evaluate import eval_main as _eval
 
     _eval(argv)  # returns the results dict on rank 0; a console script needs an exit code
     return 0
 
 
 def submit_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.slurm_render import submit_main as _submit
+    from adakd_ds.slurm.render import submit_main as _submit
 
     return _submit(argv)

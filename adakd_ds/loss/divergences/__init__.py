@@ -8,12 +8,12 @@ from collections.abc import Callable
 from torch import Tensor
 
 from adakd_ds.config import Divergence, LossConfig
-from adakd_ds.losses.ab import alpha_beta
-from adakd_ds.losses.fkl import forward_kl, forward_kl_with_grad
-from adakd_ds.losses.jsd import jensen_shannon
-from adakd_ds.losses.rkl import reverse_kl, reverse_kl_with_grad
-from adakd_ds.losses.skew import skew_forward_kl, skew_reverse_kl
-from adakd_ds.losses.tvd import total_variation
+from adakd_ds.loss.divergences.ab import alpha_beta
+from adakd_ds.loss.divergences.fkl import forward_kl, forward_kl_with_grad
+from adakd_ds.loss.divergences.jsd import jensen_shannon
+from adakd_ds.loss.divergences.rkl import reverse_kl, reverse_kl_with_grad
+from adakd_ds.loss.divergences.skew import skew_forward_kl, skew_reverse_kl
+from adakd_ds.loss.divergences.tvd import total_variation
 
 DivergenceFn = Callable[[Tensor, Tensor, "Tensor | float"], Tensor]
 # (student, teacher, tau, want_grad) -> (values [T], g [T, V] or None, f [T, 1]) with d values / d student = f * g

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adakd_ds.config import DType, ModelConfig
-from adakd_ds.ds_config import assert_no_auto, check_student_config, fill_bucket_sizes
+from adakd_ds.engine.ds_config import assert_no_auto, check_student_config, fill_bucket_sizes
 
 TORCH_DTYPES: dict[DType, torch.dtype] = {DType.FP32: torch.float32, DType.BF16: torch.bfloat16}
 HF_DS_CONFIG_ATTR = "_adakd_hf_ds_config"

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from adakd_ds import pipeline
 from adakd_ds.config import ConfigError, Divergence, Mode, config_to_dict, load_config
-from adakd_ds.experiment_report import CellResult, Status, cell_result, eval_note, expected_eval, write_reports
+from adakd_ds.experiments import pipeline
+from adakd_ds.experiments.report import CellResult, Status, cell_result, eval_note, expected_eval, write_reports
 
 
 class Variant(str, enum.Enum):
@@ -268,7 +268,7 @@ class _CheckedStages:
 def _embedded_setup(spec: GridSpec, out: Path, quiet: bool) -> Setup:
     """The quickstart's data, tokenizer, SFT teacher and student SFT init (its own code, trained once and shared by
     every cell); each cell is the quickstart's student config with the cell's loss."""
-    from adakd_ds.quickstart import FAST, FULL, prepare, student_config, train_shared
+    from adakd_ds.experiments.quickstart import FAST, FULL, prepare, student_config, train_shared
 
     steps = {k: getattr(spec, k) for k in ("teacher_steps", "student_init_steps", "student_steps")}
     plan = dataclasses.replace(FAST if spec.fast else FULL, **{k: v for k, v in steps.items() if v is not None})
@@ -289,7 +289,7 @@ _PATH_KEYS = (("model", "teacher"), ("model", "student"), ("model", "student_con
 def _config_setup(spec: GridSpec) -> Setup:
     """A user's run config (any dataset and model pair). Relative paths that exist from here are made absolute,
     because the stages run from the repository root; hub names and the repo's own ds_configs/ stay as they are."""
-    from adakd_ds.evaluate import DEFAULT_SEEDS
+    from adakd_ds.eval.evaluate import DEFAULT_SEEDS
 
     path = str(spec.base_config)
     try:

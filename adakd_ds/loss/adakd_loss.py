@@ -13,15 +13,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adakd_ds.chunked_grad import GradBuffer, GradSink, RowChunk, autograd_kernel, chunk_rows, row_chunks
 from adakd_ds.config import Indicator, LossConfig
-from adakd_ds.difficulty import parse_indicator, token_difficulty
-from adakd_ds.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
-from adakd_ds.idts import idts_temperatures, lower_median
-from adakd_ds.latf import LATFController, select_top_ratio
-from adakd_ds.losses import get_divergence, get_divergence_with_grad, parse_divergence
-from adakd_ds.losses._common import tau_column, work_dtype
-from adakd_ds.losses.ce import cross_entropy_with_grad
+from adakd_ds.loss.chunked_grad import GradBuffer, GradSink, RowChunk, autograd_kernel, chunk_rows, row_chunks
+from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
+from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
+from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, parse_divergence
+from adakd_ds.loss.divergences._common import tau_column, work_dtype
+from adakd_ds.loss.divergences.ce import cross_entropy_with_grad
+from adakd_ds.loss.idts import idts_temperatures, lower_median
+from adakd_ds.loss.latf import LATFController, select_top_ratio
 
 IGNORE_INDEX = -100
 

@@ -23,10 +23,10 @@ import torch
 from adakd_ds.config import Divergence, DType
 from adakd_ds.data.formats import render_prompt
 from adakd_ds.data.tokenize import encode_prompts
-from adakd_ds.eval_formats import EvalFormat, EvalFormatError, EvalSample, load_eval_samples
-from adakd_ds.eval_generate import Decoding, generate_batch, sample_seed, stop_ids
-from adakd_ds.eval_loss import eval_loss, eval_loss_sums, finish_eval_loss, tokenize_pairs
-from adakd_ds.eval_metrics import aggregate, score_sample
+from adakd_ds.eval.formats import EvalFormat, EvalFormatError, EvalSample, load_eval_samples
+from adakd_ds.eval.generate import Decoding, generate_batch, sample_seed, stop_ids
+from adakd_ds.eval.heldout_loss import eval_loss, eval_loss_sums, finish_eval_loss, tokenize_pairs
+from adakd_ds.eval.metrics import aggregate, score_sample
 
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # MiniLLM's five evaluation seeds
 GREEDY_SEED_LABEL = "greedy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from adakd_ds.losses._common import kl_from_logs, log_mixture, tempered_log_probs
+from adakd_ds.loss.divergences._common import kl_from_logs, log_mixture, tempered_log_probs
 
 
 def jensen_shannon(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adakd_ds.losses._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
+from adakd_ds.loss.divergences._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:

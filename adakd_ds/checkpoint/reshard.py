@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from adakd_ds.checkpoint import MARKER, CheckpointError, atomic_write_text
+from adakd_ds.checkpoint.manager import MARKER, CheckpointError, atomic_write_text
 
 UNIVERSAL_DIRNAME = "universal"  # <tag_dir>/universal: the converted checkpoint, loaded as load_dir=<tag_dir>
 DONE = "CONVERTED.json"  # written last, so a conversion cut short is redone, never loaded
@@ -175,7 +175,7 @@ def _broadcast_text(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m adakd_ds.reshard <tag_dir>`: convert ahead of the resume, e.g. on a login node."""
+    """`python -m adakd_ds.checkpoint.reshard <tag_dir>`: convert ahead of the resume, e.g. on a login node."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("tag_dir", type=Path)
     ap.add_argument("--force", action="store_true", help="convert again even if a finished conversion is there")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class StageError(RuntimeError):
@@ -140,7 +140,7 @@ def evaluate(
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     if nproc <= 1:  # in this process: a tiny model's evaluation costs less than a fresh interpreter
-        from adakd_ds.evaluate import eval_main
+        from adakd_ds.eval.evaluate import eval_main
 
         eval_main(cmd[2:])
     else:

@@ -64,7 +64,7 @@ def eval_loss_sums(
     batch_size: int = 8,
 ) -> dict[str, float]:
     """Float64 sums over this process's samples: n_tokens, ce and one entry per divergence (if a teacher is given)."""
-    from adakd_ds.losses import get_divergence, parse_divergence
+    from adakd_ds.loss.divergences import get_divergence, parse_divergence
 
     kinds = [parse_divergence(d) for d in divergences] if teacher is not None else []
     fns: dict[str, Callable] = {k.value: get_divergence(k) for k in kinds}

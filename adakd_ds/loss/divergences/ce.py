@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adakd_ds.losses._common import tempered_log_probs
+from adakd_ds.loss.divergences._common import tempered_log_probs
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from adakd_ds.config import Indicator
-from adakd_ds.losses._common import kl_from_logs, log_mixture, tempered_log_probs, work_dtype
+from adakd_ds.loss.divergences._common import kl_from_logs, log_mixture, tempered_log_probs, work_dtype
 
 
 def parse_indicator(name: Indicator | str) -> Indicator:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from adakd_ds.config import ConfigError, load_config
-from adakd_ds.slurm_render import Accelerator, Launcher, SlurmJob, SlurmJobError, render_sbatch
+from adakd_ds.slurm.render import Accelerator, Launcher, SlurmJob, SlurmJobError, render_sbatch
 
 
 def build_parser() -> argparse.ArgumentParser:

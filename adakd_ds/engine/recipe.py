@@ -14,20 +14,20 @@ from typing import Any
 
 import torch
 
-from adakd_ds.adakd_loss import AdaKDLoss, LossStats
-from adakd_ds.checkpoint import CheckpointError, CheckpointManager, read_marker, resolve_resume
+from adakd_ds.checkpoint.export import export_hf
+from adakd_ds.checkpoint.manager import CheckpointError, CheckpointManager, read_marker, resolve_resume
+from adakd_ds.checkpoint.reshard import load_resharded
 from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
-from adakd_ds.dist_stats import all_reduce_sum
-from adakd_ds.distributed import init_distributed, seed_everything, shutdown_distributed
-from adakd_ds.ds_config import derive_teacher_config, fill_auto, load_ds_config
-from adakd_ds.export import export_hf
-from adakd_ds.latf import top_count
-from adakd_ds.metrics import MetricsLogger, scalars_from
-from adakd_ds.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
-from adakd_ds.preemption import EXIT_PREEMPTED, PreemptionWatch
-from adakd_ds.reshard import load_resharded
-from adakd_ds.schedule import build_scheduler
+from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
+from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
+from adakd_ds.engine.metrics import MetricsLogger, scalars_from
+from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.schedule import build_scheduler
+from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
+from adakd_ds.loss.dist_stats import all_reduce_sum
+from adakd_ds.loss.latf import top_count
 
 # Settings that a resumed run must share with the checkpoint, or it is not a continuation (--resume_force overrides).
 CONTINUATION_KEYS = (

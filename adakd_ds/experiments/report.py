@@ -1,4 +1,4 @@
-"""Tables, CSVs and the bar chart of an experiment grid (``adakd_ds.experiment``), from per-cell results.
+"""Tables, CSVs and the bar chart of an experiment grid (``adakd_ds.experiments.grid``), from per-cell results.
 
 Kept apart from the runner so that the numbers can be rebuilt from disk and unit-tested without training anything.
 Aggregation is over TRAINING seeds: each cell's score is already the mean over its evaluation seeds (or one greedy

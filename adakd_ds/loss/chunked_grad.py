@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from adakd_ds.losses._common import work_dtype
+from adakd_ds.loss.divergences._common import work_dtype
 
 AUTO_CHUNK_ELEMENTS = 2**20  # logits per [chunk, V] working tensor when chunk_size is 0 ("auto"): 4 MiB in fp32
 

@@ -6,7 +6,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from adakd_ds.adakd_loss import LossStats
+from adakd_ds.loss.adakd_loss import LossStats
 
 
 def scalars_from(stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float) -> dict[str, float]:

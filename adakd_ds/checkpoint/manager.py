@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from adakd_ds.dist_stats import world_info
+from adakd_ds.loss.dist_stats import world_info
 
 CKPT_DIRNAME = "checkpoints"
 MARKER = "COMPLETE.json"

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "slurm" / "distill.sbatch"
 HEADER_BLOCK = ("# >>> sbatch header", "# <<< sbatch header")
 SETTINGS_BLOCK = ("# >>> settings", "# <<< settings")
@@ -211,7 +211,7 @@ def render_sbatch(job: SlurmJob, template: str | None = None) -> str:
 
 
 def submit_main(argv: list[str] | None = None) -> int:
-    """``adakd-submit`` (kept here for adakd_ds.cli; the code lives in adakd_ds/submit.py)."""
-    from adakd_ds.submit import submit_main as _submit_main
+    """``adakd-submit`` (kept here for adakd_ds.engine.cli; the code lives in adakd_ds/slurm/submit.py)."""
+    from adakd_ds.slurm.submit import submit_main as _submit_main
 
     return _submit_main(argv)

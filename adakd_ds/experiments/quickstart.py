@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adakd_ds.pipeline import evaluate, train
-from adakd_ds.synthetic_tasks import generate_splits, write_jsonl
+from adakd_ds.experiments.pipeline import evaluate, train
+from adakd_ds.experiments.synthetic_tasks import generate_splits, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def prepare(out: Path, plan: Plan) -> dict[str, Path]:
     """Data splits, the sentencepiece tokenizer and the two model configs (idempotent)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adakd_ds.tokenizer_train import train_tokenizer
+    from adakd_ds.experiments.tokenizer_train import train_tokenizer
 
     paths = {name: out / "data" / f"{name}.jsonl" for name in ("train", "val", "test")}
     if not paths["test"].is_file():

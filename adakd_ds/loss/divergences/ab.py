@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from adakd_ds.losses._common import tempered_log_probs
+from adakd_ds.loss.divergences._common import tempered_log_probs
 
 
 def alpha_beta(

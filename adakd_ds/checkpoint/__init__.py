@@ -1,0 +1,1 @@
+"""Checkpoints: crash-safe sharded saves and resume, re-sharding to another world size, and HF export."""

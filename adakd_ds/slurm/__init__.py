@@ -1,0 +1,1 @@
+"""Slurm: rendering the batch script (a pure function) and submitting it (`adakd-submit`)."""
