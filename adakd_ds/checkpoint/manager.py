@@ -25,8 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from adakd_ds.loss.dist_stats import world_info
-
 CKPT_DIRNAME = "checkpoints"
 MARKER = "COMPLETE.json"
 LATEST = "latest"
@@ -40,6 +38,13 @@ class CheckpointError(RuntimeError):
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world_size), (0, 1) without a process group; kept here so checkpoint/ needs nothing from loss/."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _barrier() -> None:
@@ -82,7 +87,7 @@ def _maybe_inject_fault(step: int) -> None:
     if not spec.startswith("save_kill:"):
         return
     _, rank, at_step = spec.split(":")
-    if world_info()[0] == int(rank) and step == int(at_step):
+    if _rank_world()[0] == int(rank) and step == int(at_step):
         os._exit(13)
 
 
@@ -154,7 +159,7 @@ class CheckpointManager:
         `write_extras(tag_dir)` runs on rank 0 before the marker (the model config and tokenizer, so that
         `adakd-export` can turn the checkpoint into a HF model on its own).
         """
-        rank, world = world_info()
+        rank, world = _rank_world()
         tag_dir = self.root / tag_for(step)
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -197,9 +202,9 @@ class CheckpointManager:
         )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-        rank, _ = world_info()
+        rank, _ = _rank_world()
         rng_file = tag_dir / f"rng_rank{rank}.pt"
-        if rng_file.is_file() and read_marker(tag_dir).get("world_size") == world_info()[1]:
+        if rng_file.is_file() and read_marker(tag_dir).get("world_size") == _rank_world()[1]:
             set_rng_state(torch.load(rng_file, weights_only=False))
         return client_state or {}
 

@@ -73,16 +73,3 @@ def distill_main(argv: list[str] | None = None) -> int:
         return _fail("adakd-distill", exc)
     finally:
         recipe.close()
-
-
-def eval_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.eval.evaluate import eval_main as _eval
-
-    _eval(argv)  # returns the results dict on rank 0; a console script needs an exit code
-    return 0
-
-
-def submit_main(argv: list[str] | None = None) -> int:
-    from adakd_ds.slurm.render import submit_main as _submit
-
-    return _submit(argv)

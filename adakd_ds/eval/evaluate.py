@@ -269,3 +269,9 @@ def eval_main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if owned:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def console_main(argv: list[str] | None = None) -> int:
+    """`adakd-eval`: a console script needs an exit code, not the results dict."""
+    eval_main(argv)
+    return 0

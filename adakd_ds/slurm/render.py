@@ -208,10 +208,3 @@ def render_sbatch(job: SlurmJob, template: str | None = None) -> str:
         template = TEMPLATE.read_text(encoding="utf-8")
     text = _replace_block(template, HEADER_BLOCK, _header(job))
     return _replace_block(text, SETTINGS_BLOCK, _settings(job))
-
-
-def submit_main(argv: list[str] | None = None) -> int:
-    """``adakd-submit`` (kept here for adakd_ds.engine.cli; the code lives in adakd_ds/slurm/submit.py)."""
-    from adakd_ds.slurm.submit import submit_main as _submit_main
-
-    return _submit_main(argv)
