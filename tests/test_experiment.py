@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adakd_ds import experiment, pipeline
 from adakd_ds.config import Divergence, load_config
+from adakd_ds.experiments import grid as experiment
+from adakd_ds.experiments import pipeline
 from adakd_ds.experiments.grid import Cell, GridError, GridSpec, Variant, build_spec, cell_config
 from adakd_ds.experiments.report import CellResult, Status, aggregate, results_markdown, write_reports
 
