@@ -1,0 +1,133 @@
+"""Every command that README.md shows would start: scripts exist, flags parse, config files exist and load.
+
+The lead reruns this after merging everyone's README edits. The checker itself is tested on commands that must fail
+(a missing script, an unknown flag, a missing config, a bad trainer override, a bad launcher flag, an unknown program),
+so a checker that silently accepted everything would fail here too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from adakd_ds.config import Mode, load_config
+from tests.readme_commands import REPO, check_markdown, extract_commands
+
+README = (REPO / "README.md").read_text()
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _md(*commands: str) -> str:
+    return "text\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
+def test_every_readme_command_parses():
+    problems = check_markdown(README)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_readme_commands_are_found():
+    """The extractor sees the README's commands (an extractor that finds none would make the test above vacuous)."""
+    programs = {c.argv[0] for c in extract_commands(README)}
+    assert {"bash", "deepspeed", "torchrun", "adakd-submit", "adakd-eval", "sbatch", "python"} <= programs, programs
+    submit = [c for c in extract_commands(README) if c.argv[0] == "adakd-submit"]
+    assert submit and all("configs/distill.yaml" in c.argv for c in submit)
+
+
+BAD = {
+    "missing script": ("python launch/nope.py --x 1", "launch/nope.py"),
+    "unknown flag": ("adakd-eval --model m --data d --out o --no-such-flag", "unrecognized arguments: --no-such-flag"),
+    "missing required flag": ("adakd-eval --data d --out o", "--model"),
+    "bad flag value": ("python launch/quickstart.py --nproc two", "invalid int value"),
+    "missing config": ("adakd-submit --config configs/missing.yaml --nodes 2", "configs/missing.yaml: no such file"),
+    "unknown trainer key": (
+        "deepspeed --num_gpus 2 launch/distill.py --config configs/cpu_tiny.yaml --loss.nope 1",
+        "unknown config key 'loss.nope'",
+    ),
+    "bad override after --": (
+        "adakd-submit --config configs/distill.yaml --nodes 2 -- --train.micro_batch 0",
+        "train.micro_batch must be >= 1",
+    ),
+    "unknown submit flag": ("adakd-submit --config configs/distill.yaml --gpu-count 8", "unrecognized arguments"),
+    "bad launcher flag": (
+        "torchrun --nproc_per_node 2 --bogus launch/evaluate.py --model a --data b --out c",
+        "torchrun flags",
+    ),
+    "flag through a shell script": ("bash launch/quickstart.sh --fastest", "unrecognized arguments: --fastest"),
+    "args to a script that takes none": ("bash launch/install.sh --fast", "takes no arguments"),
+    "missing module": ("python -m adakd_ds.nope --x", "no module adakd_ds.nope"),
+    "missing sbatch config": ("ADAKD_CONFIG=configs/x.yaml sbatch slurm/distill.sbatch", "configs/x.yaml: no such file"),
+    "repo path that does not exist": ("adakd-distill --config configs/distill.yaml --deepspeed.student ds_configs/x.json",
+                                      "ds_configs/x.json: no such file"),
+    "unknown program": ("frobnicate --all", "unknown program 'frobnicate'"),
+    "optional flag in brackets": ("adakd-eval --model m --data d --out o [--gredy]", "--gredy"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_the_checker_reports_a_bad_command(case):
+    command, expected = BAD[case]
+    problems = check_markdown(_md(command))
+    assert len(problems) == 1 and expected in problems[0], problems
+    assert problems[0].startswith("README.md:4: "), problems  # names the README line of the command
+
+
+def test_the_checker_accepts_good_commands_in_every_form():
+    good = _md(
+        "$ DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/distill.py --config configs/cpu_tiny.yaml \\",
+        "    --loss.divergence fkl --train.lr=2e-5   # a comment",
+        "torchrun --nproc_per_node 2 launch/evaluate.py --model ... --data ... --out ... [--greedy] [--seeds 1 2]",
+        "adakd-distill --config configs/sft.yaml [--section.key value ...]",
+        "python -m adakd_ds.checkpoint.reshard runs/x/checkpoints/step_00000001",
+        "bash launch/quickstart.sh --fast --out x && pip install -e .[bench]",
+        "adakd-export --help",
+    )
+    assert check_markdown(good) == []
+    assert len(extract_commands(good)) == 7
+
+
+def test_only_shell_blocks_are_commands():
+    text = "```python\nimport os\n```\n```\nlaunch/nope.py   a tree, not a command\n```\n```yaml\na: 1\n```\n"
+    assert extract_commands(text) == []
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = load_config(str(path))
+    cfg.validate()
+    assert cfg.data.source and (cfg.model.student or cfg.model.student_config)
+
+
+def test_the_shipped_configs_are_the_three_promised():
+    assert {p.name for p in CONFIGS} >= {"distill.yaml", "sft.yaml", "cpu_tiny.yaml"}
+    distill, sft = load_config(str(REPO / "configs" / "distill.yaml")), load_config(str(REPO / "configs" / "sft.yaml"))
+    assert distill.mode is Mode.DISTILL and distill.loss.adakd and distill.model.teacher
+    assert sft.mode is Mode.SFT and not sft.model.teacher
+
+
+def test_the_engine_tests_start_from_the_cpu_config(tmp_path):
+    """write_run_config is cpu_tiny.yaml with the test's own paths: the example is what the tests run."""
+    from tests.engine_fixtures import TinySetup, write_run_config
+
+    setup = TinySetup(*(tmp_path / n for n in ("root", "tok", "teacher", "student_cfg", "d.jsonl", "ds.json")))
+    written = yaml.safe_load(write_run_config(setup, tmp_path / "run").read_text())
+    shipped = yaml.safe_load((REPO / "configs" / "cpu_tiny.yaml").read_text())
+    paths = {("model", "teacher"), ("model", "student_config"), ("model", "tokenizer"), ("data", "source"),
+             ("data", "cache_dir"), ("output", "dir"), ("deepspeed", "student")}  # fmt: skip
+    for section, values in written.items():
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+            if (section, key) not in paths:
+                expected = shipped[section] if key is None else shipped[section][key]
+                assert value == expected, (section, key)
+    assert written["model"]["teacher"] == str(setup.teacher)
+
+
+def test_readme_yaml_blocks_are_valid_run_configs(tmp_path):
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"block{i}.yaml"
+        path.write_text(block)
+        load_config(str(path)).validate()
