@@ -19,6 +19,7 @@ import sys
 if sys.version_info < (3, 10):
     sys.exit(f"adakd-ds needs Python 3.10+, this is {sys.version.split()[0]}")
 PY
+bash launch/pip_bootstrap.sh  # a current pip and wheel before anything else is installed
 
 pip_q() { python -m pip install --quiet --disable-pip-version-check "$@"; }
 if ! python -c "import torch" >/dev/null 2>&1; then
