@@ -86,11 +86,21 @@ def _run(cmd: list[str], name: str, log: Path, quiet: bool) -> None:
         raise StageError(f"stage '{name}' failed with exit code {rc}; see {log}")
 
 
+def trained(run_config: dict[str, Any]) -> bool:
+    """Whether train() would find this run's exported model on disk and skip the run."""
+    return (Path(run_config["output"]["dir"]) / "export" / "model.safetensors").is_file()
+
+
+def evaluated(out: Path) -> bool:
+    """Whether evaluate() would find its results on disk and skip the evaluation."""
+    return (out / "results.json").is_file()
+
+
 def train(run_config: dict[str, Any], nproc: int, name: str, quiet: bool = False) -> Path:
     """Run launch/distill.py on a run config (a dict in the YAML layout); returns the exported model directory."""
     out = Path(run_config["output"]["dir"])
     export = out / "export"
-    if (export / "model.safetensors").is_file():
+    if trained(run_config):
         return export
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out.parent / f"{out.name}.yaml"
@@ -118,7 +128,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run launch/evaluate.py; returns its results.json."""
     results = out / "results.json"
-    if results.is_file():
+    if evaluated(out):
         return json.loads(results.read_text())
     cmd = [
         *launcher(nproc),

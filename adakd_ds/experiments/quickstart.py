@@ -11,12 +11,16 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from adakd_ds.experiments.pipeline import evaluate, train
+from adakd_ds.experiments.pipeline import evaluate, evaluated, train, trained
+from adakd_ds.experiments.stage_clock import StageClock
 from adakd_ds.experiments.synthetic_tasks import generate_splits, write_jsonl
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,15 +137,29 @@ STUDENT_ROWS = {
 
 
 class _Stages:
-    """Numbers the stages in the output, so the user sees where the 10 minutes go."""
+    """Numbers the stages in the output, so the user sees where the 10 minutes go; a stage found done says so, and
+    keeps the time of the run that did it (StageClock)."""
 
-    def __init__(self, nproc: int, quiet: bool) -> None:
-        self.nproc, self.quiet, self.n = nproc, quiet, 0
+    def __init__(self, nproc: int, quiet: bool, clock: StageClock) -> None:
+        self.nproc, self.quiet, self.n, self.clock = nproc, quiet, 0, clock
+
+    def step(self, name: str, detail: str, done: bool, work: Callable[[], T]) -> T:
+        """Print the stage's header; run ``work`` timed, or untimed when its result is already on disk."""
+        self.n += 1
+        note = f": {self.clock.skip(name)}" if done else ""
+        print(f"\n== stage {self.n}: {name} ({detail}){note}", flush=True)
+        if done:
+            return work()  # it only finds the result on disk
+        with self.clock.measure(name):
+            return work()
 
     def train(self, name: str, cfg: dict[str, Any]) -> Path:
-        self.n += 1
-        print(f"\n== stage {self.n}: {name} ({cfg['train']['max_steps']} steps, {self.nproc} ranks)", flush=True)
-        return train(cfg, self.nproc, name, quiet=self.quiet)
+        detail = f"{cfg['train']['max_steps']} steps, {self.nproc} ranks"
+        return self.step(name, detail, trained(cfg), lambda: train(cfg, self.nproc, name, quiet=self.quiet))
+
+    def evaluate(self, name: str, model: Path, data: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
+        detail = "greedy" if kwargs.get("greedy") else f"sampled, seeds {' '.join(map(str, kwargs['seeds']))}"
+        return self.step(name, detail, evaluated(out), lambda: evaluate(model, data, out, name=name, **kwargs))
 
 
 def train_shared(out: Path, paths: dict[str, Path], plan: Plan, stage: _Stages) -> tuple[Path, Path]:
@@ -163,10 +181,12 @@ def student_config(out_dir: Path, paths: dict[str, Path], plan: Plan, init: Path
     return cfg
 
 
-def run(out: Path, plan: Plan, quiet: bool = False) -> list[dict[str, Any]]:
-    t0 = time.perf_counter()
-    paths = prepare(out, plan)
-    stage = _Stages(plan.nproc, quiet)
+def run(out: Path, plan: Plan, quiet: bool = False) -> tuple[list[dict[str, Any]], StageClock]:
+    """Every stage (each skipped when its result is on disk); the table's rows and the stages' times."""
+    clock = StageClock(out / "stage_times.json")
+    stage = _Stages(plan.nproc, quiet, clock)
+    prepared = (out / "student_untrained" / "model.safetensors").is_file()  # prepare() writes it last
+    paths = stage.step("prepare", "data, tokenizer, model configs", prepared, lambda: prepare(out, plan))
     teacher, init = train_shared(out, paths, plan, stage)
     models = {"teacher": teacher, "student untrained": paths["untrained"]}
     for name, change in STUDENT_ROWS.items():
@@ -178,11 +198,11 @@ def run(out: Path, plan: Plan, quiet: bool = False) -> list[dict[str, Any]]:
     for name, model in models.items():
         slug = name.replace(" ", "_").replace("+", "_")
         common = {"nproc": plan.eval_nproc, "max_new_tokens": 32, "max_prompt_len": plan.max_len // 2}
-        greedy = evaluate(
-            model, paths["test"], out / "eval" / f"{slug}_greedy", name=f"eval {name}", greedy=True, **common
+        greedy = stage.evaluate(
+            f"eval {name} greedy", model, paths["test"], out / "eval" / f"{slug}_greedy", greedy=True, **common
         )
-        sampled = evaluate(
-            model, paths["test"], out / "eval" / f"{slug}_sampled", name=f"eval {name}", seeds=plan.seeds, **common
+        sampled = stage.evaluate(
+            f"eval {name} sampled", model, paths["test"], out / "eval" / f"{slug}_sampled", seeds=plan.seeds, **common
         )
         rows.append(
             {
@@ -194,10 +214,22 @@ def run(out: Path, plan: Plan, quiet: bool = False) -> list[dict[str, Any]]:
                 "exact_match_sampled": sampled["exact_match"]["mean"],
             }
         )
-    (out / "quickstart_results.json").write_text(
-        json.dumps({"plan": dataclasses.asdict(plan), "rows": rows, "seconds": time.perf_counter() - t0}, indent=2)
-    )
-    return rows
+    total, _ = clock.total()
+    summary = {"plan": dataclasses.asdict(plan), "rows": rows, "seconds": total.wall_s if total else None}
+    (out / "quickstart_results.json").write_text(json.dumps({**summary, "times": clock.summary()}, indent=2))
+    return rows, clock
+
+
+def time_report(clock: StageClock, this_run_s: float) -> str:
+    """The closing line: the first-run times of all stages, and what this invocation itself did."""
+    total, missing = clock.total()
+    spent = f"quickstart: {total.describe()} over its stages" if total else "quickstart: no stage time recorded"
+    if missing:
+        spent += f" (no time recorded for: {', '.join(missing)})"
+    if clock.skipped:
+        spent += (f"; {len(clock.skipped)} of {len(clock.order)} stages were done earlier and skipped, their times "
+                  f"are those of the run that did them; this rerun took {this_run_s:.0f} s")  # fmt: skip
+    return spent
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -229,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc:
         plan = dataclasses.replace(plan, nproc=args.nproc)
     t0 = time.perf_counter()
-    rows = run(Path(args.out).resolve(), plan, quiet=args.quiet)  # stages run from the repo root
+    rows, clock = run(Path(args.out).resolve(), plan, quiet=args.quiet)  # stages run from the repo root
     print("\n" + format_table(rows))
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s; results in {args.out}/quickstart_results.json")
+    print(f"\n{time_report(clock, time.perf_counter() - t0)}; results in {args.out}/quickstart_results.json")
     return 0

@@ -1,0 +1,69 @@
+"""StageClock: a stage's time is the time of the run that did it; a rerun that finds it done says so and keeps it."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from adakd_ds.experiments.stage_clock import StageClock, StageTime
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def test_measure_counts_the_cpu_time_of_waited_children(tmp_path):
+    clock = StageClock(tmp_path / "times.json")
+    before = _child_cpu()
+    with clock.measure("burn"):
+        subprocess.run([sys.executable, "-c", BURN.format(s=0.6)], check=True)
+    child = _child_cpu() - before  # the kernel's own account of the child, an independent reference
+    t = clock.times["burn"]
+    assert child >= 0.6 and t.cpu_s == pytest.approx(child, abs=0.25), (t, child)
+    assert t.wall_s >= 0.6 and t.load_before >= 0 and t.load_after >= 0
+
+
+def test_a_rerun_keeps_the_first_time_and_says_skipped(tmp_path):
+    path = tmp_path / "times.json"
+    first = StageClock(path)
+    with first.measure("teacher SFT"):
+        subprocess.run([sys.executable, "-c", BURN.format(s=0.3)], check=True)
+    with first.measure("eval"):
+        pass
+    recorded = first.times["teacher SFT"]
+    assert json.loads(path.read_text())["teacher SFT"]["cpu_s"] == recorded.cpu_s
+
+    rerun = StageClock(path)
+    note = rerun.skip("teacher SFT")
+    assert note.startswith("done earlier, skipped (it took ") and f"{recorded.wall_s:.0f} s wall" in note
+    assert rerun.skip("eval").startswith("done earlier, skipped")
+    total, missing = rerun.total()
+    assert missing == [] and rerun.skipped == ["teacher SFT", "eval"]
+    assert total.wall_s == pytest.approx(recorded.wall_s + first.times["eval"].wall_s)
+    assert total.cpu_s == pytest.approx(recorded.cpu_s + first.times["eval"].cpu_s)
+    assert StageClock(path).times["teacher SFT"] == recorded  # skipping wrote nothing over it
+
+
+def test_a_stage_done_with_no_recorded_time_is_named(tmp_path):
+    clock = StageClock(tmp_path / "times.json")
+    assert clock.skip("old stage") == "done earlier, skipped"
+    assert clock.total() == (None, ["old stage"])
+
+
+def test_a_failed_stage_records_no_time(tmp_path):
+    clock = StageClock(tmp_path / "times.json")
+    with pytest.raises(RuntimeError), clock.measure("broken"):
+        raise RuntimeError("stage failed")
+    assert "broken" not in clock.times and not (tmp_path / "times.json").exists()
+
+
+def test_describe_gives_wall_cpu_and_load():
+    text = StageTime(12.4, 20.6, 0.5, 3.25).describe()
+    assert "12 s wall" in text and "21 s CPU (user + sys)" in text and "load 0.5 -> 3.2" in text
