@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from adakd_ds.experiments.reproducible import pinned_env, pinned_threads
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -48,9 +50,8 @@ def launcher(nproc: int) -> list[str]:
 
 
 def stage_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """The caller's environment, offline, with the thread count and hash seed pinned (reproducible.PINNED_ENV)."""
+    env = pinned_env(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     if not _has_cuda():
@@ -152,7 +153,8 @@ def evaluate(
     if nproc <= 1:  # in this process: a tiny model's evaluation costs less than a fresh interpreter
         from adakd_ds.eval.evaluate import eval_main
 
-        eval_main(cmd[2:])
+        with pinned_threads():  # the same thread count as a stage of its own: the same bits on every machine
+            eval_main(cmd[2:])
     else:
         _run(cmd, name, out.parent / f"{out.name}.log", quiet)
     return json.loads(results.read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adakd_ds.experiments.pipeline import evaluate, evaluated, train, trained
+from adakd_ds.experiments.reproducible import environment, overridden
 from adakd_ds.experiments.stage_clock import StageClock
 from adakd_ds.experiments.synthetic_tasks import generate_splits, write_jsonl
 
@@ -216,6 +218,7 @@ def run(out: Path, plan: Plan, quiet: bool = False) -> tuple[list[dict[str, Any]
         )
     total, _ = clock.total()
     summary = {"plan": dataclasses.asdict(plan), "rows": rows, "seconds": total.wall_s if total else None}
+    summary["environment"] = environment()  # what a rerun elsewhere must match to reproduce the table
     (out / "quickstart_results.json").write_text(json.dumps({**summary, "times": clock.summary()}, indent=2))
     return rows, clock
 
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = FAST if args.fast else FULL
     if args.nproc:
         plan = dataclasses.replace(plan, nproc=args.nproc)
+    for change in overridden(os.environ):
+        print(f"quickstart: {change} for every stage, so that the results are the same run to run", flush=True)
     t0 = time.perf_counter()
     rows, clock = run(Path(args.out).resolve(), plan, quiet=args.quiet)  # stages run from the repo root
     print("\n" + format_table(rows))
