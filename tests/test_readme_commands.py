@@ -33,7 +33,7 @@ def test_the_readme_commands_are_found():
     programs = {c.argv[0] for c in extract_commands(README)}
     assert {"bash", "deepspeed", "torchrun", "adakd-submit", "adakd-eval", "sbatch", "python"} <= programs, programs
     submit = [c for c in extract_commands(README) if c.argv[0] == "adakd-submit"]
-    assert submit and all("configs/distill.yaml" in c.argv for c in submit)
+    assert submit and all(any(a.startswith("configs/") for a in c.argv) for c in submit)  # the shipped examples
 
 
 BAD = {
