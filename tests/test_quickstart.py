@@ -32,3 +32,13 @@ def test_fast_quickstart_end_to_end(tmp_path):
     assert teacher["exact_match_greedy"] > untrained["exact_match_greedy"]
     for name in ("student SFT", "student rkl", "student rkl+AdaKD"):
         assert (out / name.replace(" ", "_").replace("+", "_") / "export" / "model.safetensors").is_file()
+
+    # a rerun of the finished quickstart redoes nothing, says so per stage, and keeps the first run's times
+    rerun = subprocess.run(proc.args, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    headers = [line for line in rerun.stdout.splitlines() if line.startswith("== stage ")]
+    assert len(headers) == 16 and all("done earlier, skipped (it took " in h for h in headers), headers
+    again = json.loads((out / "quickstart_results.json").read_text())
+    assert again["seconds"] == results["seconds"] > 0 and again["rows"] == results["rows"]
+    assert again["times"]["total"] == results["times"]["total"] and again["times"]["total"]["cpu_s"] > 0
+    assert "16 of 16 stages were done earlier and skipped" in rerun.stdout
