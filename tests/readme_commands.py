@@ -14,6 +14,7 @@ import configparser
 import contextlib
 import enum
 import importlib
+import importlib.util
 import io
 import re
 import runpy
@@ -56,8 +57,9 @@ class Command:
     argv: list[str] = field(default_factory=list)
 
 
-class ParsedOK(Exception):  # noqa: N818 - a signal, not an error
-    """Raised right after an argument parser accepted its arguments, so that nothing behind it runs."""
+class ParsedOK(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised right after an argument parser accepted its arguments, so that nothing behind it runs (a BaseException,
+    like SystemExit, so that an entry point's own `except Exception` cannot swallow it)."""
 
 
 def console_scripts() -> dict[str, str]:
