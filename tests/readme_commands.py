@@ -43,8 +43,20 @@ class Program(str, enum.Enum):
     EXTERNAL = "external"  # a third-party tool whose flags are not ours to check
 
 
-EXTERNAL_TOOLS = frozenset({"pip", "pytest", "tensorboard", "scancel", "scontrol", "squeue", "cd", "export", "git"})
+EXTERNAL_TOOLS = frozenset({
+    "pip", "pytest", "tensorboard", "scancel", "scontrol", "squeue", "salloc", "srun", "cd", "export", "git", "cat",
+    "ls", "head", "tail", "mkdir", "cp", "echo", "nvidia-smi", "huggingface-cli", "hf",
+})  # fmt: skip
 LAUNCHERS = frozenset({"deepspeed", "torchrun"})
+# Wrappers in front of the real command: name -> its options that take a value, and how many positionals it eats.
+WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
+    "time": (frozenset(), 0),
+    "/usr/bin/time": (frozenset({"-f", "-o", "--format", "--output"}), 0),
+    "nice": (frozenset({"-n", "--adjustment"}), 0),
+    "timeout": (frozenset({"-s", "--signal", "-k", "--kill-after"}), 1),
+    "env": (frozenset({"-u", "--unset"}), 0),
+}
+REDIRECT = re.compile(r"^(\d?>>?|<|&>)(.*)$")  # `> file`, `2>/dev/null`, `>>log`, `2>&1`
 
 
 @dataclass
@@ -125,15 +137,42 @@ def extract_commands(text: str) -> list[Command]:
                 if tok not in SEPARATORS:
                     current.append(tok)
                     continue
-                if current:
-                    env = {}
-                    while current and re.match(r"^[A-Za-z_]\w*=", current[0]):
-                        k, v = current.pop(0).split("=", 1)
-                        env[k] = v
-                    if current:
-                        commands.append(Command(n, line, env, _unbracket(current)))
+                argv, env = _unwrap(_without_redirects(current))
+                if argv:
+                    commands.append(Command(n, line, env, _unbracket(argv)))
                 current = []
     return commands
+
+
+def _without_redirects(tokens: list[str]) -> list[str]:
+    out, skip = [], False
+    for tok in tokens:
+        m = REDIRECT.match(tok)
+        if skip or m:
+            skip = bool(m) and not m.group(2)  # a bare `>`: the next word is its file
+            continue
+        out.append(tok)
+    return out
+
+
+def _unwrap(tokens: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the real command, its VAR=value assignments) past any env assignments and WRAPPERS in front of it."""
+    env: dict[str, str] = {}
+    rest = list(tokens)
+    while rest:
+        if re.match(r"^[A-Za-z_]\w*=", rest[0]):
+            k, v = rest.pop(0).split("=", 1)
+            env[k] = v
+        elif rest[0] in WRAPPERS:
+            valued, positionals = WRAPPERS[rest.pop(0)]
+            while rest and rest[0].startswith("-"):
+                flag = rest.pop(0)
+                if flag in valued and rest:
+                    rest.pop(0)
+            del rest[:positionals]
+        else:
+            break
+    return rest, env
 
 
 def classify(word: str) -> Program | None:

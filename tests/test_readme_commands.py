@@ -63,6 +63,7 @@ BAD = {
                                       "ds_configs/x.json: no such file"),
     "unknown program": ("frobnicate --all", "unknown program 'frobnicate'"),
     "optional flag in brackets": ("adakd-eval --model m --data d --out o [--gredy]", "--gredy"),
+    "behind wrappers": ("time nice -n 5 python launch/quickstart.py --fastt > log", "unrecognized arguments: --fastt"),
 }  # fmt: skip
 
 
@@ -83,9 +84,15 @@ def test_the_checker_accepts_good_commands_in_every_form():
         "python -m adakd_ds.checkpoint.reshard runs/x/checkpoints/step_00000001",
         "bash launch/quickstart.sh --fast --out x && pip install -e .[bench]",
         "adakd-export --help",
+        'OMP_NUM_THREADS=1 /usr/bin/time -f "%e %U %S" nice -n 10 python launch/quickstart.py --fast 2>&1 > log.txt',
+        "timeout 60 slurm/make_hostfile.sh 8 > hostfile",
     )
     assert check_markdown(good) == []
-    assert len(extract_commands(good)) == 7
+    commands = extract_commands(good)
+    assert len(commands) == 9
+    assert commands[-2].argv == ["python", "launch/quickstart.py", "--fast"]
+    assert commands[-2].env == {"OMP_NUM_THREADS": "1"}
+    assert commands[-1].argv == ["slurm/make_hostfile.sh", "8"]
 
 
 def test_only_shell_blocks_are_commands():
