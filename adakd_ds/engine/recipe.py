@@ -22,9 +22,11 @@ from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_f
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
-from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.schedule import build_scheduler
+from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
+from adakd_ds.eval.progress import SetupStages, Stage
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
@@ -67,21 +69,30 @@ class DistillRecipe:
         self._setup_output_dir()
         self.resume_dir = resolve_resume(cfg.resume, self.out)  # a bad --resume fails before any heavy work
         seed_everything(cfg.train.seed)
+        self.stages = SetupStages(enabled=self.rank == 0)
         self.tokenizer = load_tokenizer(cfg.model)
+        if cfg.mode is Mode.DISTILL:  # one shared tokenizer, checked before any model is built
+            self.stages.note(check_teacher_tokenizer(cfg.model.teacher, self.tokenizer, tokenizer_source(cfg.model)))
+        self.stages.done(Stage.TOKENIZER, f"{len(self.tokenizer)} tokens from {tokenizer_source(cfg.model)}")
         self._setup_data()
+        self.stages.done(Stage.DATA, f"{len(self.dataset)} samples, {self.total_steps} optimizer steps")
         if self.resume_dir is not None:
             self._check_continuation(self.resume_dir)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
         self._setup_model(ds_config)
+        self.stages.done(Stage.STUDENT, "ZeRO-3 engine with optimizer")
         if cfg.mode is Mode.DISTILL:
             self._setup_teacher_model(ds_config)
-        check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+            self.stages.done(Stage.TEACHER, "ZeRO-3 inference engine")
+        self.vocab = check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+        self.stages.note(self.vocab.note)
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
+            self.stages.done(Stage.RESUME, self.metrics_note or "")
         if self.rank == 0:
             save_config(cfg, str(self.out / "config.yaml"))
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
@@ -208,6 +219,8 @@ class DistillRecipe:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
         student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens
+            student_logits = student_logits[..., : self.vocab.student_width]
         loss, stats = self.loss_fn(
             student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
         )
