@@ -24,6 +24,7 @@ from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
 from adakd_ds.eval.progress import SetupStages, Stage
@@ -94,7 +95,7 @@ class DistillRecipe:
             self._load_checkpoint(self.resume_dir)
             self.stages.done(Stage.RESUME, self.metrics_note or "")
         if self.rank == 0:
-            save_config(cfg, str(self.out / "config.yaml"))
+            save_config(cfg, str(self.out / "config.yaml"), omit=("loss",) if cfg.mode is Mode.SFT else ())
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
@@ -264,15 +265,18 @@ class DistillRecipe:
                 self.save_checkpoint()
             if cfg.output.export:
                 self.export(str(self.out / "export"))
+        if self.rank == 0:
+            self.metrics.write(run_summary(cfg, exit_code, self.global_step))
         self.metrics.close()
         return exit_code
 
     def _log(self, stats: LossStats, step_loss: float, tokens: float, seconds: float) -> None:
         grad_norm = self.engine.get_global_grad_norm()
-        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds)
+        kd = self.cfg.mode is not Mode.SFT  # SFT: r, tau and difficulty are constants, so their tags are left out
+        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds, adakd_tags=kd)
         scalars["loss/step"] = step_loss
         write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
-        self.metrics.step(self.global_step, scalars, stats, write=write)
+        self.metrics.step(self.global_step, scalars, stats if kd else None, write=write)
         self.history.append(
             {
                 "step": self.global_step,
