@@ -13,6 +13,7 @@ import argparse
 import enum
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from adakd_ds.eval.heldout_loss import eval_loss, eval_loss_sums, finish_eval_lo
 from adakd_ds.eval.metrics import aggregate, score_sample, summary_line
 from adakd_ds.eval.progress import GenerationProgress, SetupStages, Stage
 
+EXIT_BAD_INPUT = 2  # as adakd-distill: bad input is exit code 2
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # MiniLLM's five evaluation seeds
 GREEDY_SEED_LABEL = "greedy"
 __all__ = ["eval_loss", "eval_main", "run_eval", "write_outputs", "shard_indices", "Shard"]
@@ -261,8 +263,10 @@ def eval_main(argv: list[str] | None = None) -> dict[str, Any] | None:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         try:
             samples, fmt = load_eval_samples(args.data, args.format, args.max_samples)
-        except EvalFormatError as exc:
-            raise SystemExit(f"adakd-eval: {exc}") from None
+        except EvalFormatError as exc:  # bad input: one line (rank 0) and exit code 2, before any model is loaded
+            if rank == 0:
+                print(f"adakd-eval: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
         stages.done(Stage.DATA, describe_samples(args.data, samples, fmt, args.format))
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         stages.done(Stage.TOKENIZER, f"{len(tokenizer)} tokens from {args.tokenizer or args.model}")
