@@ -176,7 +176,7 @@ def check_vocab(student: Any, teacher: Any | None, tokenizer: Any) -> VocabAlign
     if n_tok > s_emb or n_tok > s_out:
         raise ValueError(
             f"tokenizer {tok_name} has {n_tok} tokens but the student {_name(student)} has only "
-            f"{min(s_emb, s_out)} embedding rows / logits"
+            f"{min(s_emb, s_out)} vocab entries (embedding rows / logits)"
         )
     if teacher is None:
         return VocabAlignment()
@@ -184,7 +184,7 @@ def check_vocab(student: Any, teacher: Any | None, tokenizer: Any) -> VocabAlign
     if n_tok > t_emb or n_tok > t_out:
         raise ValueError(
             f"tokenizer {tok_name} has {n_tok} tokens but the teacher {_name(teacher)} has only "
-            f"{min(t_emb, t_out)} embedding rows / logits"
+            f"{min(t_emb, t_out)} vocab entries (embedding rows / logits)"
         )
     if t_out > s_out:
         return VocabAlignment(
