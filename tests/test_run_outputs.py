@@ -111,3 +111,24 @@ def test_sft_logs_no_adakd_tags_and_records_no_loss_section(tiny_setup, tmp_path
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert recorded["mode"] == "sft" and "loss" not in recorded and "train" in recorded
     assert "teacher ready" not in res.output and "run finished at step 2" in res.output
+
+
+def test_run_summary_names_the_newest_complete_checkpoint_and_only_what_exists(tmp_path):
+    from adakd_ds.config import RunConfig
+    from adakd_ds.engine.run_summary import run_summary
+
+    cfg = RunConfig()
+    cfg.output.dir = str(tmp_path)
+    for step, complete in ((2, True), (4, True), (6, False)):  # step 6 is a half-written save
+        tag = tmp_path / "checkpoints" / f"step_{step:08d}"
+        tag.mkdir(parents=True)
+        if complete:
+            (tag / "COMPLETE.json").write_text("{}")
+    (tmp_path / "history.jsonl").write_text("{}\n")
+    text = run_summary(cfg, 75, 6)
+    lines = text.splitlines()
+    assert lines[0].startswith("run preempted at step 6 (exit 75)") and "same command" in lines[0]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["checkpoint", str(tmp_path / "checkpoints" / "step_00000004")],
+        ["history", str(tmp_path / "history.jsonl")],
+    ]  # no export, tensorboard or config.yaml on disk: not named

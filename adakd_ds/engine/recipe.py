@@ -265,9 +265,9 @@ class DistillRecipe:
                 self.save_checkpoint()
             if cfg.output.export:
                 self.export(str(self.out / "export"))
-        if self.rank == 0:
-            self.metrics.write(run_summary(cfg, exit_code, self.global_step))
         self.metrics.close()
+        if self.rank == 0:  # after the bar is closed, so the bar is not drawn again below it
+            print(run_summary(cfg, exit_code, self.global_step), flush=True)
         return exit_code
 
     def _log(self, stats: LossStats, step_loss: float, tokens: float, seconds: float) -> None:
