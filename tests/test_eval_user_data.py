@@ -172,7 +172,7 @@ def test_chat_eval_end_to_end_prints_stages_bar_and_labelled_summary(chat_tok, t
     res = eval_main(["--model", str(model_dir), "--data", data, "--out", str(out), "--greedy", "--max-new-tokens", "4",
                      "--batch-size", "2"])  # fmt: skip
     captured = capsys.readouterr()
-    assert res["format"] == "chat" and res["n_scored"] == 3
+    assert res["format"] == "chat" and res["n_scored"] == 3 and res["metric_labels"]["rougeL"] == "ROUGE-L F1 x100"
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == [render_prompt({"messages": m}, DataFormat.MESSAGES, tok) for m in CHATS]
     assert (

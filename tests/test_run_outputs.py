@@ -132,3 +132,27 @@ def test_run_summary_names_the_newest_complete_checkpoint_and_only_what_exists(t
         ["checkpoint", str(tmp_path / "checkpoints" / "step_00000004")],
         ["history", str(tmp_path / "history.jsonl")],
     ]  # no export, tensorboard or config.yaml on disk: not named
+
+
+def test_eval_kd_loss_of_a_padded_student_uses_the_shared_ids(tmp_path):
+    """adakd-eval --teacher with a padded student: the divergence over the teacher's ids, by a float64 loop."""
+    from transformers import AutoModelForCausalLM
+
+    from adakd_ds.eval.heldout_loss import eval_loss_sums
+
+    exact, padded = _students(tmp_path, vocab=200)
+    student = AutoModelForCausalLM.from_pretrained(padded).eval()
+    torch.manual_seed(3)
+    teacher = AutoModelForCausalLM.from_config(tiny_llama_config(200, 32, 1, heads=2)).eval()
+    samples = [([1, 5, 9, 14, 30], [-100, -100, 9, 14, 30]), ([1, 7, 8], [-100, 7, 8])]
+    got = eval_loss_sums(student, samples, 0, teacher, ["rkl"], batch_size=2)
+    want = 0.0
+    with torch.no_grad():
+        for ids, labels in samples:
+            zs = student(input_ids=torch.tensor([ids])).logits[0, :, :200].double()
+            zt = teacher(input_ids=torch.tensor([ids])).logits[0].double()
+            for t in range(len(ids) - 1):
+                if labels[t + 1] != -100:
+                    lq, lp = torch.log_softmax(zs[t], -1), torch.log_softmax(zt[t], -1)
+                    want += float((lq.exp() * (lq - lp)).sum())
+    assert got["n_tokens"] == 5 and got["rkl"] == pytest.approx(want, rel=1e-5)

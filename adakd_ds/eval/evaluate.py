@@ -28,7 +28,7 @@ from adakd_ds.eval.chat_scaffold import response_scaffold, strip_scaffold
 from adakd_ds.eval.formats import EvalFormat, EvalFormatError, EvalSample, describe_samples, load_eval_samples
 from adakd_ds.eval.generate import Decoding, generate_batch, sample_seed, stop_ids
 from adakd_ds.eval.heldout_loss import eval_loss, eval_loss_sums, finish_eval_loss, tokenize_pairs
-from adakd_ds.eval.metrics import aggregate, score_sample, summary_line
+from adakd_ds.eval.metrics import METRIC_LABELS, aggregate, score_sample, summary_line
 from adakd_ds.eval.progress import GenerationProgress, SetupStages, Stage
 
 EXIT_BAD_INPUT = 2  # as adakd-distill: bad input is exit code 2
@@ -176,6 +176,7 @@ def run_eval(
             }
         )
     results: dict[str, Any] = aggregate(scores, [s.task for s in samples])
+    results["metric_labels"] = dict(METRIC_LABELS)  # what each number is, with its scale
     results["decoding"] = {**asdict(decoding), "seeds": labels, "max_prompt_len": max_prompt_len}
     results["world_size"] = world
     results["generation_seconds_per_rank"] = [part["gen_s"] for part in gathered]
