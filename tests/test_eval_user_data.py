@@ -92,6 +92,14 @@ def test_a_set_that_should_have_references_but_has_none_fails_in_one_line(tmp_pa
     empty = _jsonl(tmp_path / "d.jsonl", [{"instruction": "I", "response": "  "}])
     with pytest.raises(EvalFormatError, match="none of its 1 samples has one"):
         load_eval_samples(empty)
+    empty_answers = _jsonl(tmp_path / "c.jsonl", [{"messages": [*CHATS[0][:1], {"role": "assistant", "content": ""}]}])
+    with pytest.raises(EvalFormatError, match="format 'chat' should carry references"):
+        load_eval_samples(empty_answers)
+    # questions only (Vicuna, or chats that end on the user's turn) are generated without references, as before
+    questions = _jsonl(tmp_path / "q.jsonl", [{"messages": CHATS[1][:2]}, {"messages": [*CHATS[0], CHATS[2][0]]}])
+    samples, fmt = load_eval_samples(questions)
+    assert fmt is EvalFormat.CHAT and all(s.question_only and not s.references for s in samples)
+    assert samples[1].record["messages"][-2] == CHATS[2][0]  # the last user turn is what gets answered
     # through the command: exit code 2 and one error line, before any model is loaded
     from adakd_ds.eval.evaluate import eval_main
 

@@ -28,8 +28,6 @@ class EvalFormat(str, enum.Enum):
     PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion|answer}; the prompt is used verbatim
 
 
-# Formats whose files carry references: one that yields none was misread, and scoring it would report nothing.
-NO_REFERENCE_FORMATS = frozenset({EvalFormat.VICUNA})
 # A prompt that already holds the training template (e.g. MiniLLM's preprocessed files) is used verbatim, never
 # wrapped a second time. The markers are the template's own section headers.
 TEMPLATE_MARKERS = ("### Instruction:", "### Response:")
@@ -50,6 +48,7 @@ class EvalSample:
     task: str | None = None
     where: str = ""  # file:line, for error messages
     verbatim: bool = False  # the prompt already held the template, so it is used as it is
+    question_only: bool = False  # a Vicuna question or a chat ending on a user turn: no reference is expected
 
 
 def read_records(path: str) -> list[tuple[int, Any]]:
@@ -182,7 +181,9 @@ def _parse_vicuna(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
     else:
         question = _string(rec, ("text", "prompt", "instruction"), where)
     refs = _references(rec, ("reference", "output", "response", "answer"), where, required=False)
-    return [_instruction_sample(question, None, refs, rec, where)]
+    sample = _instruction_sample(question, None, refs, rec, where)
+    sample.question_only = not refs
+    return [sample]
 
 
 def _parse_sni(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
@@ -201,20 +202,22 @@ def _parse_prompt_response(rec: Mapping[str, Any], where: str) -> list[EvalSampl
 def _parse_chat(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
     """The conversation up to its last assistant turn is the prompt; that turn's content is the reference.
 
-    A conversation that ends on a user turn has no reference: an empty assistant turn is appended so that the prompt
-    is rendered by the training code (everything before the last assistant turn, with the generation prompt).
+    A conversation that ends on another turn is a question without reference: an empty assistant turn is appended
+    so that the prompt is rendered by the training code (everything before the last assistant turn, with the
+    generation prompt).
     """
     messages = rec.get("messages")
+    question_only = False
     if isinstance(messages, list) and messages and all(isinstance(m, Mapping) for m in messages):
-        if not any(m.get("role") == ASSISTANT for m in messages):
-            messages = [*messages, {"role": ASSISTANT, "content": ""}]
+        if messages[-1].get("role") != ASSISTANT:
+            messages, question_only = [*messages, {"role": ASSISTANT, "content": ""}], True
     record = {"messages": messages}
     problem = check_record(record, DataFormat.MESSAGES)
     if problem:
         raise EvalFormatError(f"{where}: {problem}")
     last = max(i for i, m in enumerate(messages) if m["role"] == ASSISTANT)
     refs = [messages[last]["content"]] if messages[last]["content"].strip() else []
-    return [EvalSample(0, record, DataFormat.MESSAGES, refs, _task(rec), where)]
+    return [EvalSample(0, record, DataFormat.MESSAGES, refs, _task(rec), where, question_only=question_only)]
 
 
 PARSERS: dict[EvalFormat, Callable[[Mapping[str, Any], str], list[EvalSample]]] = {
@@ -251,7 +254,7 @@ def load_eval_samples(
             break
     for i, sample in enumerate(samples):
         sample.index = i
-    if fmt not in NO_REFERENCE_FORMATS and not any(s.references for s in samples):
+    if not any(s.references for s in samples) and not all(s.question_only for s in samples):
         raise EvalFormatError(
             f"{path}: format '{fmt.value}' should carry references, but none of its {len(samples)} samples has one "
             "(an empty reference counts as none); nothing could be scored"
