@@ -111,6 +111,14 @@ def test_sft_logs_no_adakd_tags_and_records_no_loss_section(tiny_setup, tmp_path
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert recorded["mode"] == "sft" and "loss" not in recorded and "train" in recorded
     assert "teacher ready" not in res.output and "run finished at step 2" in res.output
+    # the same command again resumes at the last step: the resume stage gets its line too
+    again = run_launch(["--config", str(cfg)], launcher="python", timeout=180)
+    assert again.returncode == 0, again.output[-4000:]
+    stages = [
+        line.split()[1] for line in again.output.splitlines() if line.startswith("setup: ") and " ready in " in line
+    ]
+    assert stages == ["tokenizer", "data", "student", "resume"], again.output[-3000:]
+    assert "resumed from" in again.output and "run finished at step 2" in again.output
 
 
 def test_run_summary_names_the_newest_complete_checkpoint_and_only_what_exists(tmp_path):
