@@ -35,14 +35,19 @@ def has_tokenizer_files(path: str | None) -> bool:
 
 
 def load_teacher_tokenizer(teacher_path: str | None) -> Any | None:
-    """The tokenizer that ships with the teacher, or None when its directory holds none."""
-    if not has_tokenizer_files(teacher_path):
+    """The tokenizer that ships with the teacher, or None when its directory (or hub repo) holds none."""
+    if not teacher_path:
         return None
     from transformers import AutoTokenizer
 
+    local = os.path.isdir(teacher_path)
+    if local and not has_tokenizer_files(teacher_path):
+        return None
     try:
         return AutoTokenizer.from_pretrained(teacher_path)
     except (OSError, ValueError) as exc:
+        if not local:  # a hub name without tokenizer files (or not in the cache when offline)
+            return None
         raise TokenizerMismatch(f"teacher {teacher_path}: cannot load its tokenizer: {exc}") from None
 
 
