@@ -330,9 +330,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def save_config(cfg: RunConfig, path: str) -> None:
-    """Write the resolved config atomically, so a crash never leaves half a file."""
+def save_config(cfg: RunConfig, path: str, omit: tuple[str, ...] = ()) -> None:
+    """Write the resolved config atomically, so a crash never leaves half a file; `omit` drops unused sections."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
+        yaml.safe_dump({k: v for k, v in config_to_dict(cfg).items() if k not in omit}, fh, sort_keys=False)
     os.replace(tmp, path)

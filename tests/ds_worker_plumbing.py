@@ -80,8 +80,11 @@ def main() -> None:
             check(torch.equal(p.detach().cpu(), on_disk[name]), f"teacher {name} differs from the file on disk")
 
     tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
-    check_vocab(engine, teacher, tok)  # teacher 320 (padded) vs student 256: allowed
-    for bad in ((teacher, engine, tok), (engine, teacher, _grown(tok, 300))):
+    sliced = check_vocab(engine, teacher, tok)  # teacher 320 (padded) vs student 256: allowed, teacher sliced
+    check(sliced.student_width is None and "from 320 to 256" in (sliced.note or ""), f"padded teacher: {sliced}")
+    padded_student = check_vocab(teacher, engine, tok)  # a padded student (320) with an exact teacher (256)
+    check(padded_student.student_width == 256, f"padded student: {padded_student}")
+    for bad in ((engine, teacher, _grown(tok, 300)), (teacher, engine, _grown(tok, 300))):
         try:
             check_vocab(*bad)
         except ValueError as exc:

@@ -39,15 +39,20 @@ def _corpus(lines: int = 400, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tiny_tokenizer(out_dir: str | os.PathLike[str], chat_template: bool = True, pad: bool = False) -> Any:
-    """Train, convert and save the tiny tokenizer into out_dir; returns the loaded transformers tokenizer."""
+def build_tiny_tokenizer(
+    out_dir: str | os.PathLike[str], chat_template: bool = True, pad: bool = False, corpus_seed: int = 0
+) -> Any:
+    """Train, convert and save the tiny tokenizer into out_dir; returns the loaded transformers tokenizer.
+
+    Another `corpus_seed` gives a tokenizer of the same size whose merges, and so ids, differ.
+    """
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.txt"
-    corpus.write_text("\n".join(_corpus()) + "\n", encoding="utf-8")
+    corpus.write_text("\n".join(_corpus(seed=corpus_seed)) + "\n", encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(corpus),
         model_prefix=str(out / "tokenizer"),
@@ -71,3 +76,21 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike[str], chat_template: bool = 
         tok.pad_token = tok.unk_token
     tok.save_pretrained(str(out))
     return tok
+
+
+def build_byte_bpe_tokenizer(out_dir: str | os.PathLike[str], vocab_size: int = 300) -> Any:
+    """A GPT-2-style byte-level BPE tokenizer (one <|endoftext|> as bos, eos and unk), trained offline and saved."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = "<|endoftext|>"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[special], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=special, eos_token=special, unk_token=special)
+    fast.save_pretrained(str(out_dir))
+    return fast

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from adakd_ds.checkpoint.generation_config import write_generation_config
+
 EXPORT_DTYPES: dict[str, torch.dtype | None] = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 _CONFIG_FILES = ("config.json",)
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
-_COPIED_FILES = ("generation_config.json",)
 
 
 def _is_engine(obj: Any) -> bool:
@@ -72,7 +73,8 @@ def read_latest_tag(checkpoint_dir: str) -> str:
 
 
 def write_hf_metadata(out_dir: str, model_config_src: str, tokenizer: Any, dtype: torch.dtype | None) -> None:
-    """config.json (dtype set to the weights' dtype so from_pretrained's default keeps it), tokenizer files."""
+    """config.json (dtype set to the weights' dtype so from_pretrained's default keeps it), generation_config.json
+    (the student's, with the tokenizer's EOS and pad), tokenizer files."""
     from transformers import AutoConfig, AutoTokenizer
 
     os.makedirs(out_dir, exist_ok=True)
@@ -81,11 +83,9 @@ def write_hf_metadata(out_dir: str, model_config_src: str, tokenizer: Any, dtype
         config.dtype = dtype
     config.save_pretrained(out_dir)
     src_dir = model_config_src if os.path.isdir(model_config_src) else os.path.dirname(model_config_src)
-    for name in _COPIED_FILES:
-        if src_dir and os.path.isfile(os.path.join(src_dir, name)):
-            shutil.copy2(os.path.join(src_dir, name), os.path.join(out_dir, name))
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    write_generation_config(out_dir, config, src_dir, tokenizer)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 

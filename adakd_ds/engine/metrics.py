@@ -8,8 +8,13 @@ from tqdm.auto import tqdm
 
 from adakd_ds.loss.adakd_loss import LossStats
 
+# The tags of AdaKD's parts; a run without KD (mode=sft) logs constants there, so it leaves them out.
+ADAKD_TAG_PREFIXES = ("latf/", "idts/", "difficulty/")
 
-def scalars_from(stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float) -> dict[str, float]:
+
+def scalars_from(
+    stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float, adakd_tags: bool = True
+) -> dict[str, float]:
     """The TensorBoard scalar tags, in one place so the tests and the README name the same ones."""
     out = {
         "loss/total": stats.loss,
@@ -29,6 +34,8 @@ def scalars_from(stats: LossStats, lr: float, grad_norm: float | None, tokens_pe
     }
     if grad_norm is not None:
         out["train/grad_norm"] = float(grad_norm)
+    if not adakd_tags:
+        out = {tag: value for tag, value in out.items() if not tag.startswith(ADAKD_TAG_PREFIXES)}
     return out
 
 
@@ -53,10 +60,9 @@ class MetricsLogger:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
+            ratio = {"r": f"{scalars['latf/r']:.3f}"} if "latf/r" in scalars else {}
             self.bar.set_postfix(
-                loss=f"{scalars['loss/total']:.4f}",
-                r=f"{scalars['latf/r']:.3f}",
-                tok_s=f"{scalars['throughput/tokens_per_s']:.0f}",
+                loss=f"{scalars['loss/total']:.4f}", **ratio, tok_s=f"{scalars['throughput/tokens_per_s']:.0f}"
             )
         if write and self.writer is not None:
             for tag, value in scalars.items():

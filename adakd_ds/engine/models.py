@@ -9,6 +9,7 @@ HfDeepSpeedConfig alive as an attribute, and building the teacher restores the s
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -153,11 +154,21 @@ def _name(model: Any) -> str:
     return getattr(cfg, "name_or_path", "") or "<built from a config>"
 
 
-def check_vocab(student: Any, teacher: Any | None, tokenizer: Any) -> None:
+@dataclass(frozen=True)
+class VocabAlignment:
+    """How the logits of teacher and student line up for the loss; `note` is the one line the run logs about it."""
+
+    student_width: int | None = None  # cut the student's logits to this many ids (a padded student); None: keep all
+    note: str | None = None
+
+
+def check_vocab(student: Any, teacher: Any | None, tokenizer: Any) -> VocabAlignment:
     """Fail before training when token ids cannot line up between tokenizer, student and teacher.
 
-    A teacher wider than the student is fine (padded vocab; the loss slices the first V_student logits), as long
-    as the tokenizer never emits an id the student lacks.
+    Sizes only: that the two models share ONE tokenizer is checked before they are built (tokenizer_match). A teacher
+    wider than the student (padded vocab) has its extra logits sliced by the loss; a student wider than the teacher
+    (a padded student) has its extra logits cut off before the loss. Both are fine as long as the tokenizer never
+    emits an id beyond either model.
     """
     s_emb, s_out = vocab_sizes(student)
     n_tok = len(tokenizer)
@@ -165,18 +176,22 @@ def check_vocab(student: Any, teacher: Any | None, tokenizer: Any) -> None:
     if n_tok > s_emb or n_tok > s_out:
         raise ValueError(
             f"tokenizer {tok_name} has {n_tok} tokens but the student {_name(student)} has only "
-            f"{min(s_emb, s_out)} embedding rows / logits"
+            f"{min(s_emb, s_out)} vocab entries (embedding rows / logits)"
         )
     if teacher is None:
-        return
+        return VocabAlignment()
     t_emb, t_out = vocab_sizes(teacher)
-    if t_out < s_out:
-        raise ValueError(
-            f"teacher {_name(teacher)} vocab {t_out} is smaller than student {_name(student)} vocab {s_out}: "
-            "their token ids cannot be matched"
-        )
     if n_tok > t_emb or n_tok > t_out:
         raise ValueError(
             f"tokenizer {tok_name} has {n_tok} tokens but the teacher {_name(teacher)} has only "
-            f"{min(t_emb, t_out)} embedding rows / logits"
+            f"{min(t_emb, t_out)} vocab entries (embedding rows / logits)"
         )
+    if t_out > s_out:
+        return VocabAlignment(
+            None, f"vocab: the teacher's logits are sliced from {t_out} to {s_out} (tokenizer {n_tok})"
+        )
+    if t_out < s_out:
+        return VocabAlignment(
+            t_out, f"vocab: the student's logits are sliced from {s_out} to {t_out} for the loss (tokenizer {n_tok})"
+        )
+    return VocabAlignment()

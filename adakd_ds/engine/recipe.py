@@ -22,9 +22,12 @@ from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_f
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
-from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
+from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
+from adakd_ds.eval.progress import SetupStages, Stage
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
@@ -67,23 +70,32 @@ class DistillRecipe:
         self._setup_output_dir()
         self.resume_dir = resolve_resume(cfg.resume, self.out)  # a bad --resume fails before any heavy work
         seed_everything(cfg.train.seed)
+        self.stages = SetupStages(enabled=self.rank == 0)
         self.tokenizer = load_tokenizer(cfg.model)
+        if cfg.mode is Mode.DISTILL:  # one shared tokenizer, checked before any model is built
+            self.stages.note(check_teacher_tokenizer(cfg.model.teacher, self.tokenizer, tokenizer_source(cfg.model)))
+        self.stages.done(Stage.TOKENIZER, f"{len(self.tokenizer)} tokens from {tokenizer_source(cfg.model)}")
         self._setup_data()
+        self.stages.done(Stage.DATA, f"{len(self.dataset)} samples, {self.total_steps} optimizer steps")
         if self.resume_dir is not None:
             self._check_continuation(self.resume_dir)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
         self._setup_model(ds_config)
+        self.stages.done(Stage.STUDENT, "ZeRO-3 engine with optimizer")
         if cfg.mode is Mode.DISTILL:
             self._setup_teacher_model(ds_config)
-        check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+            self.stages.done(Stage.TEACHER, "ZeRO-3 inference engine")
+        self.vocab = check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+        self.stages.note(self.vocab.note)
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
+            self.stages.done(Stage.RESUME, self.metrics_note or "")
         if self.rank == 0:
-            save_config(cfg, str(self.out / "config.yaml"))
+            save_config(cfg, str(self.out / "config.yaml"), omit=("loss",) if cfg.mode is Mode.SFT else ())
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
@@ -208,6 +220,8 @@ class DistillRecipe:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
         student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens
+            student_logits = student_logits[..., : self.vocab.student_width]
         loss, stats = self.loss_fn(
             student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
         )
@@ -252,14 +266,17 @@ class DistillRecipe:
             if cfg.output.export:
                 self.export(str(self.out / "export"))
         self.metrics.close()
+        if self.rank == 0:  # after the bar is closed, so the bar is not drawn again below it
+            print(run_summary(cfg, exit_code, self.global_step), flush=True)
         return exit_code
 
     def _log(self, stats: LossStats, step_loss: float, tokens: float, seconds: float) -> None:
         grad_norm = self.engine.get_global_grad_norm()
-        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds)
+        kd = self.cfg.mode is not Mode.SFT  # SFT: r, tau and difficulty are constants, so their tags are left out
+        scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds, adakd_tags=kd)
         scalars["loss/step"] = step_loss
         write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
-        self.metrics.step(self.global_step, scalars, stats, write=write)
+        self.metrics.step(self.global_step, scalars, stats if kd else None, write=write)
         self.history.append(
             {
                 "step": self.global_step,

@@ -13,6 +13,7 @@ import argparse
 import enum
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,11 +24,14 @@ import torch
 from adakd_ds.config import Divergence, DType
 from adakd_ds.data.formats import render_prompt
 from adakd_ds.data.tokenize import encode_prompts
-from adakd_ds.eval.formats import EvalFormat, EvalFormatError, EvalSample, load_eval_samples
+from adakd_ds.eval.chat_scaffold import response_scaffold, strip_scaffold
+from adakd_ds.eval.formats import EvalFormat, EvalFormatError, EvalSample, describe_samples, load_eval_samples
 from adakd_ds.eval.generate import Decoding, generate_batch, sample_seed, stop_ids
 from adakd_ds.eval.heldout_loss import eval_loss, eval_loss_sums, finish_eval_loss, tokenize_pairs
-from adakd_ds.eval.metrics import aggregate, score_sample
+from adakd_ds.eval.metrics import METRIC_LABELS, aggregate, score_sample, summary_line
+from adakd_ds.eval.progress import GenerationProgress, SetupStages, Stage
 
+EXIT_BAD_INPUT = 2  # as adakd-distill: bad input is exit code 2
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)  # MiniLLM's five evaluation seeds
 GREEDY_SEED_LABEL = "greedy"
 __all__ = ["eval_loss", "eval_main", "run_eval", "write_outputs", "shard_indices", "Shard"]
@@ -77,6 +81,7 @@ def generate_texts(
     decoding: Decoding,
     seed: int | None,
     batch_size: int,
+    progress: GenerationProgress | None = None,
 ) -> list[str]:
     """Decoded responses for the prompts at global ``indices`` (which pick each sample's generator)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -89,6 +94,8 @@ def generate_texts(
             model, [prompt_ids[i] for i in chunk], pad, eos, decoding, seeds, vocab_limit=len(tokenizer)
         )
         texts.extend(tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out)
+        if progress is not None:
+            progress.update(len(chunk), sum(len(ids) for ids in out))
     return texts
 
 
@@ -126,7 +133,14 @@ def run_eval(
     model.eval()  # dropout off, whoever called us
     try:
         t0 = time.perf_counter()
-        local = {s: generate_texts(model, tokenizer, prompt_ids, mine, decoding, s, batch_size) for s in seed_list}
+        progress = GenerationProgress(len(mine) * len(seed_list), enabled=rank == 0)  # rank 0's shard stands for all
+        try:
+            local = {
+                s: generate_texts(model, tokenizer, prompt_ids, mine, decoding, s, batch_size, progress)
+                for s in seed_list
+            }
+        finally:
+            progress.close()
         gen_s = time.perf_counter() - t0
         loss_sums = None
         if loss:
@@ -140,10 +154,11 @@ def run_eval(
     if rank != 0:
         return None
     texts: dict[int | None, list[str]] = {s: [""] * len(samples) for s in seed_list}
+    scaffolds = [response_scaffold(s.record, s.fmt, tokenizer) for s in samples]  # chat templates' <think> etc.
     for part in gathered:
         for s in seed_list:
             for i, text in zip(part["indices"], part["texts"][s], strict=True):
-                texts[s][i] = text
+                texts[s][i] = strip_scaffold(text, scaffolds[i])
     scores = [[score_sample(texts[s][i], samples[i].references) for i in range(len(samples))] for s in seed_list]
     labels = [GREEDY_SEED_LABEL if s is None else s for s in seed_list]
     rows = []
@@ -161,6 +176,7 @@ def run_eval(
             }
         )
     results: dict[str, Any] = aggregate(scores, [s.task for s in samples])
+    results["metric_labels"] = dict(METRIC_LABELS)  # what each number is, with its scale
     results["decoding"] = {**asdict(decoding), "seeds": labels, "max_prompt_len": max_prompt_len}
     results["world_size"] = world
     results["generation_seconds_per_rank"] = [part["gen_s"] for part in gathered]
@@ -242,16 +258,24 @@ def eval_main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     rank, world, owned = init_eval_dist()
+    stages = SetupStages(enabled=rank == 0, prefix="adakd-eval")
     try:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         try:
             samples, fmt = load_eval_samples(args.data, args.format, args.max_samples)
-        except EvalFormatError as exc:
-            raise SystemExit(f"adakd-eval: {exc}") from None
+        except EvalFormatError as exc:  # bad input: one line (rank 0) and exit code 2, before any model is loaded
+            if rank == 0:
+                print(f"adakd-eval: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        stages.done(Stage.DATA, describe_samples(args.data, samples, fmt, args.format))
         tokenizer = load_tokenizer(args.tokenizer or args.model)
+        stages.done(Stage.TOKENIZER, f"{len(tokenizer)} tokens from {args.tokenizer or args.model}")
         model = load_model(args.model, DType(args.dtype), device)
+        stages.done(Stage.STUDENT, args.model)
         teacher = load_model(args.teacher, DType(args.dtype), device) if args.teacher else None
+        if teacher is not None:
+            stages.done(Stage.TEACHER, args.teacher)
         decoding = Decoding(args.greedy, args.temperature, args.top_p, args.max_new_tokens)
         out = run_eval(
             model, tokenizer, samples, decoding, args.seeds, args.batch_size, args.max_prompt_len, teacher,
@@ -262,8 +286,7 @@ def eval_main(argv: list[str] | None = None) -> dict[str, Any] | None:
         rows, results = out
         results.update({"model": args.model, "teacher": args.teacher, "data": args.data, "format": fmt.value})
         write_outputs(args.out, rows, results)
-        summary = {k: results[k]["mean"] for k in ("rougeL", "exact_match") if results[k]["mean"] is not None}
-        print(f"eval: n={results['n']} no_reference={results['n_no_reference']} {summary} -> {args.out}", flush=True)
+        print(f"{summary_line(results)} -> {args.out}", flush=True)
         return results
     finally:
         if owned:

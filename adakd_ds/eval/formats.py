@@ -15,15 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adakd_ds.config import DataFormat
+from adakd_ds.data.formats import ASSISTANT, check_record
 
 
 class EvalFormat(str, enum.Enum):
     AUTO = "auto"  # detected from the first record's keys
-    DOLLY = "dolly"  # {instruction, context|input, response|output}
+    CHAT = "chat"  # {messages: [{role, content}]}: the tokenizer's chat template, as training renders it
+    DOLLY = "dolly"  # {instruction, context|input, response|output|answer}
     SELF_INST = "self_inst"  # {instruction, instances: [{input, output}]}: one sample per instance
     VICUNA = "vicuna"  # {question_id?, text|turns|prompt}: no reference, generate only
     SNI = "sni"  # S-NI / UnNI: {definition|prompt, input, output|outputs}
-    PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion}; the prompt is used verbatim
+    PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion|answer}; the prompt is used verbatim
+
+
+# A prompt that already holds the training template (e.g. MiniLLM's preprocessed files) is used verbatim, never
+# wrapped a second time. The markers are the template's own section headers.
+TEMPLATE_MARKERS = ("### Instruction:", "### Response:")
 
 
 class EvalFormatError(ValueError):
@@ -40,6 +47,8 @@ class EvalSample:
     references: list[str] = field(default_factory=list)
     task: str | None = None
     where: str = ""  # file:line, for error messages
+    verbatim: bool = False  # the prompt already held the template, so it is used as it is
+    question_only: bool = False  # a Vicuna question or a chat ending on a user turn: no reference is expected
 
 
 def read_records(path: str) -> list[tuple[int, Any]]:
@@ -71,13 +80,15 @@ def read_records(path: str) -> list[tuple[int, Any]]:
 def detect_eval_format(record: Mapping[str, Any]) -> EvalFormat:
     """The format the keys of a record say it has (checked in a fixed order, by exact key name)."""
     keys = {k for k, v in record.items() if v is not None}
+    if "messages" in keys:
+        return EvalFormat.CHAT
     if "instances" in keys:
         return EvalFormat.SELF_INST
     if "definition" in keys or ("prompt" in keys and "input" in keys and keys & {"output", "outputs"}):
         return EvalFormat.SNI
     if "instruction" in keys:
         return EvalFormat.DOLLY
-    if "prompt" in keys and keys & {"response", "completion"}:
+    if "prompt" in keys and keys & {"response", "completion", "answer"}:
         return EvalFormat.PROMPT_RESPONSE
     if keys & {"text", "turns", "question_id", "prompt"}:
         return EvalFormat.VICUNA
@@ -123,15 +134,26 @@ def _task(rec: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _instruction_record(instruction: str, inp: str | None) -> dict[str, Any]:
-    return {"instruction": instruction, "input": inp or ""}
+def holds_template(text: str) -> bool:
+    """Whether a prompt was already rendered with the instruction template (both of its section headers)."""
+    return all(marker in text for marker in TEMPLATE_MARKERS)
+
+
+def _instruction_sample(
+    instruction: str, inp: str | None, refs: list[str], rec: Mapping[str, Any], where: str
+) -> EvalSample:
+    """An instruction sample, or the text itself when it already holds the template (never templated twice)."""
+    if holds_template(instruction):  # such files put the input inside the rendered prompt already
+        return EvalSample(0, {"prompt": instruction}, DataFormat.PROMPT_RESPONSE, refs, _task(rec), where, True)
+    record = {"instruction": instruction, "input": inp or ""}
+    return EvalSample(0, record, DataFormat.INSTRUCTION, refs, _task(rec), where)
 
 
 def _parse_dolly(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
     inst = _string(rec, ("instruction",), where)
     inp = _string(rec, ("context", "input"), where, required=False)
-    refs = _references(rec, ("response", "output", "outputs"), where, required=True)
-    return [EvalSample(0, _instruction_record(inst, inp), DataFormat.INSTRUCTION, refs, _task(rec), where)]
+    refs = _references(rec, ("response", "output", "outputs", "answer"), where, required=True)
+    return [_instruction_sample(inst, inp, refs, rec, where)]
 
 
 def _parse_self_inst(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
@@ -146,7 +168,7 @@ def _parse_self_inst(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
             raise EvalFormatError(f"{at}: expected an object with 'input' and 'output'")
         inp = _string(instance, ("input",), at, required=False)
         refs = _references(instance, ("output", "outputs"), at, required=True)
-        out.append(EvalSample(0, _instruction_record(inst, inp), DataFormat.INSTRUCTION, refs, _task(rec), at))
+        out.append(_instruction_sample(inst, inp, refs, rec, at))
     return out
 
 
@@ -158,24 +180,48 @@ def _parse_vicuna(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
         question = turns[0]  # single-turn protocol: the first question only
     else:
         question = _string(rec, ("text", "prompt", "instruction"), where)
-    refs = _references(rec, ("reference", "output", "response"), where, required=False)
-    return [EvalSample(0, _instruction_record(question, None), DataFormat.INSTRUCTION, refs, _task(rec), where)]
+    refs = _references(rec, ("reference", "output", "response", "answer"), where, required=False)
+    sample = _instruction_sample(question, None, refs, rec, where)
+    sample.question_only = not refs
+    return [sample]
 
 
 def _parse_sni(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
     definition = _string(rec, ("definition", "prompt", "instruction"), where)
     inp = _string(rec, ("input",), where, required=False)
     refs = _references(rec, ("outputs", "output"), where, required=True)
-    return [EvalSample(0, _instruction_record(definition, inp), DataFormat.INSTRUCTION, refs, _task(rec), where)]
+    return [_instruction_sample(definition, inp, refs, rec, where)]
 
 
 def _parse_prompt_response(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
     prompt = _string(rec, ("prompt",), where)
-    refs = _references(rec, ("response", "completion"), where, required=False)
-    return [EvalSample(0, {"prompt": prompt}, DataFormat.PROMPT_RESPONSE, refs, _task(rec), where)]
+    refs = _references(rec, ("response", "completion", "answer"), where, required=False)
+    return [EvalSample(0, {"prompt": prompt}, DataFormat.PROMPT_RESPONSE, refs, _task(rec), where, verbatim=True)]
+
+
+def _parse_chat(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
+    """The conversation up to its last assistant turn is the prompt; that turn's content is the reference.
+
+    A conversation that ends on another turn is a question without reference: an empty assistant turn is appended
+    so that the prompt is rendered by the training code (everything before the last assistant turn, with the
+    generation prompt).
+    """
+    messages = rec.get("messages")
+    question_only = False
+    if isinstance(messages, list) and messages and all(isinstance(m, Mapping) for m in messages):
+        if messages[-1].get("role") != ASSISTANT:
+            messages, question_only = [*messages, {"role": ASSISTANT, "content": ""}], True
+    record = {"messages": messages}
+    problem = check_record(record, DataFormat.MESSAGES)
+    if problem:
+        raise EvalFormatError(f"{where}: {problem}")
+    last = max(i for i, m in enumerate(messages) if m["role"] == ASSISTANT)
+    refs = [messages[last]["content"]] if messages[last]["content"].strip() else []
+    return [EvalSample(0, record, DataFormat.MESSAGES, refs, _task(rec), where, question_only=question_only)]
 
 
 PARSERS: dict[EvalFormat, Callable[[Mapping[str, Any], str], list[EvalSample]]] = {
+    EvalFormat.CHAT: _parse_chat,
     EvalFormat.DOLLY: _parse_dolly,
     EvalFormat.SELF_INST: _parse_self_inst,
     EvalFormat.VICUNA: _parse_vicuna,
@@ -208,4 +254,20 @@ def load_eval_samples(
             break
     for i, sample in enumerate(samples):
         sample.index = i
+    if not any(s.references for s in samples) and not all(s.question_only for s in samples):
+        raise EvalFormatError(
+            f"{path}: format '{fmt.value}' should carry references, but none of its {len(samples)} samples has one "
+            "(an empty reference counts as none); nothing could be scored"
+        )
     return samples, fmt
+
+
+def describe_samples(path: str, samples: list[EvalSample], fmt: EvalFormat, requested: EvalFormat | str) -> str:
+    """One line for the log: the format (detected or given), the sample count, how many have references."""
+    how = "detected" if EvalFormat(requested) is EvalFormat.AUTO else "given"
+    n_ref = sum(1 for s in samples if s.references)
+    verbatim = sum(1 for s in samples if s.verbatim)
+    line = f"data {path}: format {fmt.value} ({how}), {len(samples)} samples, {n_ref} with references"
+    if verbatim:
+        line += f", {verbatim} prompts used verbatim (no template added)"
+    return line

@@ -89,14 +89,10 @@ def eval_loss_sums(
                 .logits.to(device)[valid]
                 .float()
             )
-            if t_logits.shape[-1] > s_logits.shape[-1]:
-                t_logits = t_logits[:, : s_logits.shape[-1]]  # a teacher's padded vocab, as in the training loss
-            elif t_logits.shape[-1] < s_logits.shape[-1]:
-                raise ValueError(
-                    f"teacher vocab {t_logits.shape[-1]} is smaller than the student's {s_logits.shape[-1]}"
-                )
+            width = min(t_logits.shape[-1], s_logits.shape[-1])  # a padded vocab on either side, as in training
+            s_kd, t_kd = s_logits[:, :width], t_logits[:, :width]
             for name, fn in fns.items():
-                sums[name] += float(fn(s_logits, t_logits, 1.0).double().sum())
+                sums[name] += float(fn(s_kd, t_kd, 1.0).double().sum())
     return sums
 
 

@@ -47,6 +47,12 @@ def exact_match_strict(prediction: str, reference: str) -> float:
 
 
 METRICS = {"rougeL": rouge_l, "exact_match": exact_match, "exact_match_strict": exact_match_strict}
+# What each reported number is, with its scale: every metric is x100 (a percentage of samples for exact match).
+METRIC_LABELS = {
+    "rougeL": "ROUGE-L F1 x100",
+    "exact_match": "exact match %",
+    "exact_match_strict": "strict exact match %",
+}
 
 
 def score_sample(prediction: str, references: Sequence[str]) -> dict[str, float] | None:
@@ -97,3 +103,18 @@ def aggregate(scores: Sequence[Sequence[dict[str, float] | None]], tasks: Sequen
             for name in names
         }
     return result
+
+
+def summary_line(results: dict[str, object]) -> str:
+    """The final line of an evaluation: each metric by name and scale, mean +/- std over seeds, and the counts."""
+    parts = []
+    for name, label in METRIC_LABELS.items():
+        stats = results.get(name)
+        if isinstance(stats, dict) and stats.get("mean") is not None:
+            n_seeds = len(stats["per_seed"])
+            spread = f" +/- {stats['std']:.2f}" if n_seeds > 1 else ""
+            parts.append(f"{label} {stats['mean']:.2f}{spread}")
+    seeds = results.get("decoding", {}).get("seeds", []) if isinstance(results.get("decoding"), dict) else []
+    scored = f"{results['n_scored']} of {results['n']} samples scored ({results['n_no_reference']} without reference)"
+    decoding = "greedy" if seeds == ["greedy"] else f"{len(seeds)} seeds"
+    return f"eval: {', '.join(parts) or 'no metric (no reference)'}; {scored}; {decoding}"
