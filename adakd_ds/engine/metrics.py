@@ -8,6 +8,16 @@ from tqdm.auto import tqdm
 
 from adakd_ds.loss.adakd_loss import LossStats
 
+# shown on the bar when present (the last value stays until the next one): held-out eval and the data policy
+BAR_EXTRAS = {
+    "eval/ce": "eval_ce",
+    "eval/kd": "eval_kd",
+    "policy/phi": "phi",
+    "policy/generated_share": "gen",
+    "policy/buffer_fill": "buf",
+    "policy/gen_len": "gen_len",
+}
+
 
 def scalars_from(stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float) -> dict[str, float]:
     """The TensorBoard scalar tags, in one place so the tests and the README name the same ones."""
@@ -46,17 +56,20 @@ class MetricsLogger:
 
             self.writer = SummaryWriter(log_dir=log_dir)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self._extras: dict[str, str] = {}
         self._t0 = time.perf_counter()
 
     def step(self, step: int, scalars: dict[str, float], stats: LossStats | None, write: bool) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
+            self._extras.update({short: f"{scalars[tag]:.4g}" for tag, short in BAR_EXTRAS.items() if tag in scalars})
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(
                 loss=f"{scalars['loss/total']:.4f}",
                 r=f"{scalars['latf/r']:.3f}",
                 tok_s=f"{scalars['throughput/tokens_per_s']:.0f}",
+                **self._extras,
             )
         if write and self.writer is not None:
             for tag, value in scalars.items():

@@ -21,9 +21,11 @@ from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
+from adakd_ds.engine.heldout import HeldoutEval
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.responses import ResponseProvider
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
@@ -53,6 +55,7 @@ class DistillRecipe:
         self.consumed_micro = 0  # micro-steps consumed over all epochs, at this run's global micro-batch size
         self.last_saved_step = -1
         self.metrics_note: str | None = None  # printed when training starts (resume / re-shard)
+        self.eval_scalars: dict[str, float] = {}  # the held-out numbers of this step, if it evaluated
 
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -69,6 +72,7 @@ class DistillRecipe:
         seed_everything(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self._setup_data()
+        self.heldout = HeldoutEval(cfg, self.tokenizer, self.collate.pad_id, self.rank, self.world, _barrier)
         if self.resume_dir is not None:
             self._check_continuation(self.resume_dir)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
@@ -80,6 +84,7 @@ class DistillRecipe:
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
+        self.responses = ResponseProvider(cfg, self.tokenizer, self.collate, self.sampler, self.rank, self.total_steps)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
         if self.rank == 0:
@@ -178,6 +183,7 @@ class DistillRecipe:
             )
         self.consumed_micro = epoch * self.sampler.steps_per_epoch + samples // self.global_micro
         self.loss_fn.load_state_from_checkpoint(state["loss"])
+        self.responses.load_state_dict(state.get("policy"))
         note = f"resumed from {tag_dir} at step {self.global_step}"
         self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 
@@ -229,6 +235,7 @@ class DistillRecipe:
                 continue
             t0 = time.perf_counter()
             batches = [self._micro_batch(epoch, micro + j) for j in range(accum)]
+            batches = self.responses.step_batches(self.engine, self.global_step, epoch, micro, batches)
             totals, step_tokens = self._step_totals(batches)
             stats = [self._loss_step(b, totals) for b in batches]
             self.consumed_micro += accum
@@ -236,6 +243,7 @@ class DistillRecipe:
             step_loss = sum(s.step_part for s in stats)
             if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
                 self.loss_fn.controller.update(step_loss)
+            self._heldout_eval()
             self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
@@ -258,6 +266,7 @@ class DistillRecipe:
         grad_norm = self.engine.get_global_grad_norm()
         scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds)
         scalars["loss/step"] = step_loss
+        scalars.update({**self.responses.scalars(), **self.eval_scalars})
         write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
         self.metrics.step(self.global_step, scalars, stats, write=write)
         self.history.append(
@@ -267,8 +276,19 @@ class DistillRecipe:
                 "ratio": self.loss_fn.controller.ratio,
                 "tokens": tokens,
                 "seconds": seconds,
+                **{k: v for k, v in scalars.items() if k.startswith(("policy/", "eval/"))},
             }
         )
+
+    def _heldout_eval(self) -> None:
+        """data.eval_source every train.eval_interval steps and at the end; distillm's threshold reads it."""
+        self.eval_scalars = {}
+        if self.heldout.due(self.global_step, self.total_steps):
+            self.engine.eval()
+            result = self.heldout.run(unwrap(self.engine), unwrap(self.teacher) if self.teacher else None)
+            self.engine.train()
+            self.responses.observe_validation(result)
+            self.eval_scalars = {f"eval/{k}": v for k, v in result.items()}
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -280,6 +300,7 @@ class DistillRecipe:
             "samples_in_epoch": micro * self.global_micro,
             "global_batch": self.global_micro * self.cfg.train.grad_accum,
             "loss": self.loss_fn.state_dict_for_checkpoint(),
+            "policy": self.responses.state_dict(),
             "config": config_to_dict(self.cfg),
             "data_hash": self.data_hash,
             "world_size": self.world,
