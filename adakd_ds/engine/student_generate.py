@@ -80,11 +80,14 @@ def generate_samples(
         budgets=budgets,
         all_done=all_ranks_done,
     )
-    samples: list[Sample] = []
-    for prompt, tokens, budget in zip(prompts, generated, budgets, strict=True):
-        stopped_by_eos = len(tokens) < budget
-        response = tokens + [eos_id] if stopped_by_eos else tokens
-        sample = build_sample(prompt, response, max_len)
-        assert sample is not None  # a prompt shorter than max_len and a non-empty response always leave a label
-        samples.append(sample)
+    samples = [layout(p, t, max_len, eos_id) for p, t in zip(prompts, generated, strict=True)]
     return samples, [len(t) for t in generated]
+
+
+def layout(prompt: list[int], tokens: list[int], max_len: int, eos_id: int) -> Sample:
+    """(input_ids, labels) of a generated response: EOS appended when the student stopped before its budget."""
+    stopped_by_eos = len(prompt) + len(tokens) < max_len  # generation stops at the budget or at EOS (not kept)
+    sample = build_sample(prompt, tokens + [eos_id] if stopped_by_eos else tokens, max_len)
+    if sample is None:
+        raise ValueError(f"a prompt of {len(prompt)} tokens leaves no response under max_len {max_len}")
+    return sample
