@@ -89,6 +89,23 @@ def test_generation_two_ranks_equals_one_rank_and_a_plain_model(gen_setup, tmp_p
     assert max(new_tokens[i] for i in range(100, 104)) <= 2 and max(new_tokens[i] for i in range(104, 108)) >= 20
     for index, (prompt, ids, labels) in two["uneven"].items():
         assert [ids, labels] == _reference(student_dir, prompt, int(index), max_len)
+    # distillm, phi = 1: fresh samples until the buffer (2 micro-batches per rank) is full, then replay as well
+    _check_distillm_log(two["distillm"], capacity=8)
+
+
+def _check_distillm_log(per_rank: list, capacity: int) -> None:
+    """Per rank: the buffer stays within capacity, and every replayed row was generated earlier on that rank."""
+    for log in per_rank:
+        generated: list = []
+        sources = [source for source, _, _ in log]
+        assert sources[0] == "generated" and "replay" in sources, sources
+        for source, rows, fill in log:
+            assert fill <= capacity
+            if source == "replay":
+                assert all(row in generated for row in rows)
+            else:
+                assert source == "generated" and not any(row in generated for row in rows)
+                generated += rows
 
 
 def test_layout_appends_eos_only_when_the_student_stopped():

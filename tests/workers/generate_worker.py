@@ -27,6 +27,30 @@ def uneven_prompt(index: int, max_len: int, vocab: int) -> list[int]:
     return [1] + torch.randint(3, vocab, (n - 1,), generator=gen).tolist()
 
 
+def distillm_steps(recipe, steps: int) -> list:
+    """[source, rows (input_ids, labels), buffer length] per step of a distillm provider on this rank."""
+    import dataclasses
+
+    from adakd_ds.config import DataPolicy
+    from adakd_ds.engine.responses import ResponseProvider
+
+    cfg = recipe.cfg
+    policy = dataclasses.replace(
+        cfg.policy, data_policy=DataPolicy.DISTILLM, init_threshold=1.0, capacity=2 * cfg.train.micro_batch
+    )
+    provider = ResponseProvider(
+        dataclasses.replace(cfg, policy=policy), recipe.tokenizer, recipe.collate, recipe.sampler, recipe.rank, steps
+    )
+    log = []
+    for step in range(steps):
+        micro = step % recipe.sampler.steps_per_epoch
+        (out,) = provider.step_batches(recipe.engine, step, 0, micro, [recipe._micro_batch(0, micro)])
+        lengths = out["attention_mask"].sum(-1).tolist()
+        rows = [[out["input_ids"][r, :n].tolist(), out["labels"][r, :n].tolist()] for r, n in enumerate(lengths)]
+        log.append([provider.last_source.value, rows, len(provider.buffer)])
+    return log
+
+
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     cfg_path, report = args[0], Path(args[1])
@@ -54,7 +78,9 @@ def main() -> int:
                 out["labels"][r, :n].tolist(),
                 batch["input_ids"][r, :prompt_len].tolist(),
             ]
-        # 2. uneven budgets, counting this rank's student forwards
+        # 2. distillm with phi = 1 and a buffer of 2 micro-batches: which source each step took, what it trained on
+        replay_log = distillm_steps(recipe, steps=8)
+        # 3. uneven budgets, counting this rank's student forwards
         student = unwrap(recipe.engine)
         calls = [0]
         hook = student.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -70,13 +96,16 @@ def main() -> int:
         hook.remove()
         uneven = {i: [p, s[0], s[1]] for i, p, s in zip(mine, prompts, samples, strict=True)}
         gathered = [None] * world
-        dist.all_gather_object(gathered, {"policy": rows, "uneven": uneven, "forwards": calls[0]})
+        dist.all_gather_object(
+            gathered, {"policy": rows, "uneven": uneven, "forwards": calls[0], "distillm": replay_log}
+        )
         if rank == 0:
-            merged = {"policy": {}, "uneven": {}, "forwards": []}
+            merged = {"policy": {}, "uneven": {}, "forwards": [], "distillm": []}
             for part in gathered:
                 merged["policy"].update(part["policy"])
                 merged["uneven"].update(part["uneven"])
                 merged["forwards"].append(part["forwards"])
+                merged["distillm"].append(part["distillm"])
             (report / "result.json").write_text(json.dumps(merged))
         return 0
     finally:
