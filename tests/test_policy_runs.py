@@ -18,6 +18,7 @@ from tests.engine_fixtures import build_tiny_setup, make_records, read_history, 
 
 STEPS = 6  # 32 records / (2 ranks x micro 4) = 4 optimizer steps per epoch: the runs cross an epoch boundary
 TIMING = ("seconds", "tokens")
+SEED = 3  # its first draws make gkd and distillm generate AND (distillm) replay after the resume point, step 3
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _config(setup, out: Path, policy: dict, adakd: bool = True) -> Path:
         policy=policy,
         loss={"adakd": adakd},
         data={"eval_source": str(setup.root / "eval.jsonl")},
-        train={"max_steps": STEPS, "eval_interval": 2, "lr": 1e-2},
+        train={"max_steps": STEPS, "eval_interval": 2, "lr": 1e-2, "seed": SEED},
         output={"save_interval": 2},
     )
 
@@ -64,20 +65,42 @@ def _assert_same_run(reference: Path, other: Path) -> None:
     assert ref_w.keys() == got_w.keys() and all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
 
 
-GKD = {"data_policy": "gkd", "gkd_alpha": 0.5}
-# phi starts at 0.5; loss_eps -1 makes every held-out eval after the first raise it, to see the wiring end to end
-DISTILLM = {"data_policy": "distillm", "init_threshold": 0.5, "capacity": 8, "loss_eps": -1.0}
+GKD = {"data_policy": "gkd", "gkd_alpha": 0.7}
+# loss_eps -1 makes every held-out eval after the first raise phi, to see the wiring end to end; the buffer holds
+# 2 generated micro-batches per rank
+DISTILLM = {"data_policy": "distillm", "init_threshold": 0.8, "capacity": 8, "loss_eps": -1.0}
+
+
+def _expected(policy: dict) -> tuple[list[float], list[float]]:
+    """(source code, phi) per step from the rules written out again, with the draws of a generator seeded like the run."""
+    gen, filled, phi = torch.Generator().manual_seed(SEED), 0, policy.get("init_threshold", 0.0)
+    sources, phis = [], []
+    for t in range(STEPS):
+        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        if policy["data_policy"] == "gkd":
+            source = 1.0 if u < policy["gkd_alpha"] else 0.0
+        elif u < phi * (1 - t / STEPS) or (u < phi and filled < policy["capacity"]):
+            source, filled = 1.0, filled + 4  # micro_batch 4 per rank
+        else:
+            source = 2.0 if u < phi else 0.0
+        if (t + 1) % 2 == 0 and t + 1 > 2:  # held-out evals at steps 2, 4, 6; the first is the reference
+            phi = min(1.0, phi + 0.1)
+        sources.append(source)
+        phis.append(phi)
+    return sources, phis
 
 
 def _check_policy_history(history: list[dict], policy: dict) -> None:
     sources = [h["policy/source"] for h in history]
-    assert 1.0 in sources, sources  # at least one step trained on fresh student samples
+    want_sources, want_phi = _expected(policy)
+    assert sources == want_sources and 1.0 in sources[3:], sources  # generation after the resume point too
     assert all(math.isfinite(h["loss"]) for h in history)
     assert [h["step"] for h in history if "eval/ce" in h] == [2, 4, 6]
     assert all(h["eval/ce"] > 0 and h["eval/kd"] >= 0 for h in history if "eval/ce" in h)
     assert all(h["policy/gen_len"] >= 1 for h in history[sources.index(1.0) :])
     if policy["data_policy"] == "distillm":
-        assert [h["policy/phi"] for h in history] == [0.5, 0.5, 0.5, 0.6, 0.6, 0.7]
+        assert [h["policy/phi"] for h in history] == pytest.approx(want_phi, abs=1e-12)
+        assert 2.0 in sources[3:]  # replay after the resume point: the restored buffers are used
         assert all(0 < h["policy/buffer_fill"] <= 1 for h in history)
 
 
