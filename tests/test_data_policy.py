@@ -128,3 +128,15 @@ def test_bad_policy_settings_are_one_line_errors(tmp_path, capsys, policy, needl
     assert distill_main(_bad_config(tmp_path, **policy)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_heldout_shards_give_every_rank_the_same_number_of_forwards():
+    from adakd_ds.engine.heldout import shard_batches
+
+    samples = [([i], [i]) for i in range(9)]
+    for world, batch in ((1, 4), (2, 4), (3, 2), (4, 4)):
+        shards = [shard_batches(samples, r, world, batch) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1  # a rank with fewer samples pads with stand-in (None) batches
+        real = [x for s in shards for b in s if b is not None for x in b]
+        assert sorted(real) == samples and all(len(b) <= batch for s in shards for b in s if b is not None)
+    assert shard_batches(samples, 1, 2, 4) == [[samples[1], samples[3], samples[5], samples[7]], None]

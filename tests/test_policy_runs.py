@@ -26,7 +26,8 @@ def policy_setup(tmp_path_factory):
     from adakd_ds.experiments.synthetic_tasks import write_jsonl
 
     setup = build_tiny_setup(tmp_path_factory.mktemp("policy"), n_records=32)
-    write_jsonl(make_records(12, seed=5), str(setup.root / "eval.jsonl"))
+    # 9 held-out samples: rank 0 evaluates 2 batches of micro 4, rank 1 one batch and one stand-in forward
+    write_jsonl(make_records(9, seed=5), str(setup.root / "eval.jsonl"))
     return setup
 
 
@@ -179,3 +180,34 @@ def test_a_checkpoint_without_policy_state_resumes_as_dataset(policy_setup, data
     second = _run(cfg)
     assert second.returncode == 0 and "resumed from" in second.output, second.output[-4000:]
     _assert_same_run(dataset_reference, out)
+
+
+@pytest.mark.slow
+def test_heldout_eval_equals_a_single_process_float64_reference(policy_setup, dataset_reference):
+    """The final eval/ce and eval/kd (2 ZeRO-3 ranks, sharded, all-reduced) == a plain loop over the held-out samples
+    with the exported student and the teacher file, in float64."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adakd_ds.config import load_config
+    from adakd_ds.data import build_dataset
+
+    cfg = load_config(str(dataset_reference.parent / f"{dataset_reference.name}.yaml"))
+    tokenizer = AutoTokenizer.from_pretrained(policy_setup.tokenizer)
+    data = build_dataset(cfg.data, tokenizer, source=cfg.data.eval_source)
+    student = AutoModelForCausalLM.from_pretrained(dataset_reference / "export").double().eval()
+    teacher = AutoModelForCausalLM.from_pretrained(policy_setup.teacher).double().eval()
+    ce = kd = n = 0.0
+    with torch.no_grad():
+        for row in data:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"])
+            logq = torch.log_softmax(student(input_ids=ids).logits[0, :-1], -1)
+            logp = torch.log_softmax(teacher(input_ids=ids).logits[0, :-1], -1)
+            for t in range(len(labels) - 1):
+                if labels[t + 1] != -100:
+                    ce -= float(logq[t, labels[t + 1]])
+                    kd += float((logq[t].exp() * (logq[t] - logp[t])).sum())  # rkl = loss.divergence of the run
+                    n += 1
+    final = read_history(dataset_reference)[-1]
+    assert final["step"] == STEPS and final["eval/n_tokens"] == n
+    assert final["eval/ce"] == pytest.approx(ce / n, rel=1e-5)
+    assert final["eval/kd"] == pytest.approx(kd / n, rel=1e-4, abs=1e-7)
