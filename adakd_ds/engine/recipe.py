@@ -183,7 +183,7 @@ class DistillRecipe:
             )
         self.consumed_micro = epoch * self.sampler.steps_per_epoch + samples // self.global_micro
         self.loss_fn.load_state_from_checkpoint(state["loss"])
-        self.responses.load_state_dict(state.get("policy"))
+        self.responses.load_state_dict(state.get("policy"), same_world=saved_world == self.world)
         note = f"resumed from {tag_dir} at step {self.global_step}"
         self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 

@@ -123,13 +123,14 @@ class ResponseProvider:
             state["buffer"] = self.buffer.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """A checkpoint without these fields (written before data policies existed) starts them fresh."""
+    def load_state_dict(self, state: dict[str, Any] | None, same_world: bool = True) -> None:
+        """A checkpoint without these fields (written before data policies existed) starts them fresh; so does the
+        replay buffer of a checkpoint re-sharded to another world size (per-rank buffers do not map onto it)."""
         if not state:  # a dataset run continued as gkd / distillm starts its draws and buffer here
             return
         self.draw.load_state_dict(state["draw"])
         self.gen_len = float(state.get("gen_len", 0.0))
-        if self.buffer is not None and "buffer" in state:
+        if self.buffer is not None and "buffer" in state and same_world:
             self.buffer.load_state_dict(state["buffer"])
 
 
