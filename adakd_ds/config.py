@@ -55,6 +55,17 @@ class Indicator(str, enum.Enum):
     RANDOM = "random"
 
 
+class DataPolicy(str, enum.Enum):
+    DATASET = "dataset"  # the dataset's responses (supervised KD)
+    GKD = "gkd"  # on-policy: with probability gkd_alpha per step, the current student's own samples
+    DISTILLM = "distillm"  # adaptive off-policy: fresh student samples or a replay buffer, gated by a threshold phi
+
+
+class ValMetric(str, enum.Enum):
+    CE = "ce"  # the held-out label cross-entropy (eval/ce)
+    KD = "kd"  # the held-out KD divergence to the teacher (eval/kd)
+
+
 class Schedule(str, enum.Enum):
     COSINE = "cosine"  # linear warm-up, then cosine to min_lr_ratio * lr
     CONSTANT = "constant"  # linear warm-up, then flat
@@ -130,6 +141,37 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 42
     dtype: DType = DType.FP32
+    eval_interval: int = 0  # optimizer steps between held-out evals (data.eval_source); 0 = only at the end
+
+
+@dataclass
+class PolicyConfig:
+    """Where each step's responses come from (adakd_ds/engine/data_policy.py)."""
+
+    data_policy: DataPolicy = DataPolicy.DATASET
+    gkd_alpha: float = 0.5  # gkd: probability per optimizer step of training on the student's own samples
+    capacity: int = 1000  # distillm: replay buffer size, sequences per rank
+    init_threshold: float = 0.0  # distillm: phi at the start
+    threshold_step: float = 0.1  # distillm: phi's rise when the validation loss rose by loss_eps
+    loss_eps: float = 0.1  # distillm: rise of the validation loss since the last phi rise that raises phi
+    val_metric: ValMetric = ValMetric.CE  # distillm: which held-out number is its validation loss
+
+    def problems(self, mode: Mode, eval_source: str | None, eval_interval: int) -> list[str]:
+        """Settings that cannot work, one phrase each (collected by RunConfig.validate)."""
+        out = []
+        if not 0.0 <= self.gkd_alpha <= 1.0:
+            out.append(f"policy.gkd_alpha must be in [0, 1], got {self.gkd_alpha}")
+        if self.capacity < 1:
+            out.append(f"policy.capacity must be >= 1 sequence, got {self.capacity}")
+        if not 0.0 <= self.init_threshold <= 1.0:
+            out.append(f"policy.init_threshold must be in [0, 1], got {self.init_threshold}")
+        if self.data_policy is not DataPolicy.DATASET and mode is not Mode.DISTILL:
+            out.append(f"policy.data_policy {self.data_policy.value} needs mode=distill")
+        if self.data_policy is DataPolicy.DISTILLM and not eval_source:
+            out.append("policy.data_policy distillm needs data.eval_source (its threshold follows the held-out loss)")
+        if self.data_policy is DataPolicy.DISTILLM and eval_interval < 1:
+            out.append("policy.data_policy distillm needs train.eval_interval >= 1")
+        return out
 
 
 @dataclass
@@ -157,6 +199,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     resume: str = "auto"  # auto | none | a checkpoint path
     resume_force: bool = False
 
@@ -187,6 +230,9 @@ class RunConfig:
             problems.append(f"loss.chunk_size must be >= 0 (0 = auto), got {self.loss.chunk_size}")
         if self.data.max_prompt_len >= self.data.max_len:
             problems.append("data.max_prompt_len must be smaller than data.max_len")
+        if self.train.eval_interval < 0:
+            problems.append(f"train.eval_interval must be >= 0, got {self.train.eval_interval}")
+        problems += self.policy.problems(self.mode, self.data.eval_source, self.train.eval_interval)
         if problems:
             raise ValueError("invalid config: " + "; ".join(problems))
 

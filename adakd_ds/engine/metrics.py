@@ -11,6 +11,16 @@ from adakd_ds.loss.adakd_loss import LossStats
 # The tags of AdaKD's parts; a run without KD (mode=sft) logs constants there, so it leaves them out.
 ADAKD_TAG_PREFIXES = ("latf/", "idts/", "difficulty/")
 
+# shown on the bar when present (the last value stays until the next one): held-out eval and the data policy
+BAR_EXTRAS = {
+    "eval/ce": "eval_ce",
+    "eval/kd": "eval_kd",
+    "policy/phi": "phi",
+    "policy/generated_share": "gen",
+    "policy/buffer_fill": "buf",
+    "policy/gen_len": "gen_len",
+}
+
 
 def scalars_from(
     stats: LossStats, lr: float, grad_norm: float | None, tokens_per_s: float, adakd_tags: bool = True
@@ -53,16 +63,21 @@ class MetricsLogger:
 
             self.writer = SummaryWriter(log_dir=log_dir)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+        self._extras: dict[str, str] = {}
         self._t0 = time.perf_counter()
 
     def step(self, step: int, scalars: dict[str, float], stats: LossStats | None, write: bool) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
+            self._extras.update({short: f"{scalars[tag]:.4g}" for tag, short in BAR_EXTRAS.items() if tag in scalars})
             self.bar.update(step - self.bar.n)
             ratio = {"r": f"{scalars['latf/r']:.3f}"} if "latf/r" in scalars else {}
             self.bar.set_postfix(
-                loss=f"{scalars['loss/total']:.4f}", **ratio, tok_s=f"{scalars['throughput/tokens_per_s']:.0f}"
+                loss=f"{scalars['loss/total']:.4f}",
+                **ratio,
+                tok_s=f"{scalars['throughput/tokens_per_s']:.0f}",
+                **self._extras,
             )
         if write and self.writer is not None:
             for tag, value in scalars.items():

@@ -21,9 +21,11 @@ from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
+from adakd_ds.engine.heldout import HeldoutEval
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.responses import ResponseProvider
 from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
@@ -56,6 +58,7 @@ class DistillRecipe:
         self.consumed_micro = 0  # micro-steps consumed over all epochs, at this run's global micro-batch size
         self.last_saved_step = -1
         self.metrics_note: str | None = None  # printed when training starts (resume / re-shard)
+        self.eval_scalars: dict[str, float] = {}  # the held-out numbers of this step, if it evaluated
 
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -77,6 +80,7 @@ class DistillRecipe:
         self.stages.done(Stage.TOKENIZER, f"{len(self.tokenizer)} tokens from {tokenizer_source(cfg.model)}")
         self._setup_data()
         self.stages.done(Stage.DATA, f"{len(self.dataset)} samples, {self.total_steps} optimizer steps")
+        self.heldout = HeldoutEval(cfg, self.tokenizer, self.collate.pad_id, self.rank, self.world, _barrier)
         if self.resume_dir is not None:
             self._check_continuation(self.resume_dir)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
@@ -91,6 +95,7 @@ class DistillRecipe:
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
+        self.responses = ResponseProvider(cfg, self.tokenizer, self.collate, self.sampler, self.rank, self.total_steps)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
             self.stages.done(Stage.RESUME, self.metrics_note or "")
@@ -190,6 +195,7 @@ class DistillRecipe:
             )
         self.consumed_micro = epoch * self.sampler.steps_per_epoch + samples // self.global_micro
         self.loss_fn.load_state_from_checkpoint(state["loss"])
+        self.responses.load_state_dict(state.get("policy"), same_world=saved_world == self.world)
         note = f"resumed from {tag_dir} at step {self.global_step}"
         self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 
@@ -243,6 +249,7 @@ class DistillRecipe:
                 continue
             t0 = time.perf_counter()
             batches = [self._micro_batch(epoch, micro + j) for j in range(accum)]
+            batches = self.responses.step_batches(self.engine, self.global_step, epoch, micro, batches)
             totals, step_tokens = self._step_totals(batches)
             stats = [self._loss_step(b, totals) for b in batches]
             self.consumed_micro += accum
@@ -250,6 +257,7 @@ class DistillRecipe:
             step_loss = sum(s.step_part for s in stats)
             if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
                 self.loss_fn.controller.update(step_loss)
+            self._heldout_eval()
             self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
@@ -275,6 +283,7 @@ class DistillRecipe:
         kd = self.cfg.mode is not Mode.SFT  # SFT: r, tau and difficulty are constants, so their tags are left out
         scalars = scalars_from(stats, float(self.engine.get_lr()[0]), grad_norm, tokens / seconds, adakd_tags=kd)
         scalars["loss/step"] = step_loss
+        scalars.update({**self.responses.scalars(), **self.eval_scalars})
         write = self.global_step % self.cfg.output.log_interval == 0 or self.global_step == self.total_steps
         self.metrics.step(self.global_step, scalars, stats if kd else None, write=write)
         self.history.append(
@@ -284,8 +293,19 @@ class DistillRecipe:
                 "ratio": self.loss_fn.controller.ratio,
                 "tokens": tokens,
                 "seconds": seconds,
+                **{k: v for k, v in scalars.items() if k.startswith(("policy/", "eval/"))},
             }
         )
+
+    def _heldout_eval(self) -> None:
+        """data.eval_source every train.eval_interval steps and at the end; distillm's threshold reads it."""
+        self.eval_scalars = {}
+        if self.heldout.due(self.global_step, self.total_steps):
+            self.engine.eval()
+            result = self.heldout.run(unwrap(self.engine), unwrap(self.teacher) if self.teacher else None)
+            self.engine.train()
+            self.responses.observe_validation(result)
+            self.eval_scalars = {f"eval/{k}": v for k, v in result.items()}
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -297,6 +317,7 @@ class DistillRecipe:
             "samples_in_epoch": micro * self.global_micro,
             "global_batch": self.global_micro * self.cfg.train.grad_accum,
             "loss": self.loss_fn.state_dict_for_checkpoint(),
+            "policy": self.responses.state_dict(),
             "config": config_to_dict(self.cfg),
             "data_hash": self.data_hash,
             "world_size": self.world,

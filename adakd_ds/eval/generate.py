@@ -10,7 +10,7 @@ a CDF boundary). Greedy decoding is argmax.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,10 +104,15 @@ def generate_batch(
     decoding: Decoding,
     seeds: Sequence[int] | None = None,
     vocab_limit: int | None = None,
+    budgets: Sequence[int] | None = None,
+    all_done: Callable[[bool], bool] | None = None,
 ) -> list[list[int]]:
     """Generated token ids per prompt (eos excluded). ``seeds`` gives one generator seed per prompt when sampling.
 
     ``vocab_limit`` masks logits beyond the tokenizer's vocab (models often pad their embedding matrix).
+    ``budgets`` caps each row's new tokens (at most ``decoding.max_new_tokens``). ``all_done(local)`` turns this
+    process's "every row finished" into the decision of all ranks: ZeRO-3 gathers parameters in every forward, so
+    under it every rank must run the same number of forwards (the synced-GPU mode of HF generate).
     """
     device = next(model.parameters()).device
     ids, mask, pos = left_pad(prompt_ids, pad_id, device)
@@ -123,6 +128,7 @@ def generate_batch(
     eos = torch.tensor(sorted(eos_ids), device=device)
     done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     result: list[list[int]] = [[] for _ in prompt_ids]
+    budget = torch.tensor(list(budgets) if budgets is not None else [decoding.max_new_tokens] * len(prompt_ids))
     for step in range(decoding.max_new_tokens):
         if vocab_limit is not None and logits.shape[-1] > vocab_limit:
             logits = logits[:, :vocab_limit]
@@ -131,8 +137,9 @@ def generate_batch(
         for row, (t, d, f) in enumerate(zip(token.tolist(), done.tolist(), finished_now.tolist(), strict=True)):
             if not d and not f:
                 result[row].append(t)
-        done |= finished_now
-        if bool(done.all()) or step == decoding.max_new_tokens - 1:
+        done |= finished_now | (torch.tensor([len(r) for r in result]) >= budget).to(device)
+        finished = bool(done.all()) if all_done is None else all_done(bool(done.all()))
+        if finished or step == decoding.max_new_tokens - 1:
             break
         token = token.masked_fill(done, pad_id)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)

@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from adakd_ds.config import ConfigError, Divergence, Mode, config_to_dict, load_config
+from adakd_ds.config import ConfigError, Mode, config_to_dict, load_config
 from adakd_ds.experiments import pipeline
+from adakd_ds.experiments.methods import Method, method_fields
 from adakd_ds.experiments.report import CellResult, Status, cell_result, eval_note, expected_eval, write_reports
 
 
@@ -60,7 +61,7 @@ class StaleError(RuntimeError):
 
 @dataclass(frozen=True)
 class Cell:
-    loss: Divergence
+    loss: Method  # a divergence, or gkd / distillm (experiments/methods.py)
     variant: Variant
     seed: int
 
@@ -75,18 +76,18 @@ class Cell:
         if len(parts) != 3 or not parts[2].startswith("s") or not parts[2][1:].isdigit():
             return None
         try:
-            return cls(Divergence(parts[0]), Variant(parts[1]), int(parts[2][1:]))
+            return cls(Method(parts[0]), Variant(parts[1]), int(parts[2][1:]))
         except ValueError:
             return None
 
 
-def cell_config(template: dict[str, Any], cell: Cell, cells_dir: Path) -> dict[str, Any]:
-    """The cell's run config: the template with the divergence, the variant's loss fields, the seed and the dir."""
+def cell_config(template: dict[str, Any], cell: Cell, cells_dir: Path, heldout: Path | None = None) -> dict[str, Any]:
+    """The cell's run config: the template with the method's fields, the variant's loss fields, the seed and the dir."""
     cfg = copy.deepcopy(template)
     cfg["mode"] = Mode.DISTILL.value
-    loss = cfg.setdefault("loss", {})
-    loss["divergence"] = cell.loss.value
-    loss.update(VARIANT_LOSS[cell.variant])
+    for section, values in method_fields(cell.loss, template, heldout).items():
+        cfg.setdefault(section, {}).update(values)
+    cfg.setdefault("loss", {}).update(VARIANT_LOSS[cell.variant])
     cfg.setdefault("train", {})["seed"] = cell.seed
     # tensorboard on: the grid promises one TensorBoard run per cell
     cfg.setdefault("output", {}).update(dir=str(cells_dir / cell.name), tensorboard=True)
@@ -105,11 +106,11 @@ def _choice(kind: type[enum.Enum]) -> Any:
     return convert
 
 
-def _parse_block(block: str) -> tuple[list[Divergence], list[Variant]]:
+def _parse_block(block: str) -> tuple[list[Method], list[Variant]]:
     losses, sep, variants = block.partition(":")
     if not sep or not losses.strip() or not variants.strip():
         raise argparse.ArgumentTypeError(f"{block!r} must look like LOSS[,LOSS]:VARIANT[,VARIANT], e.g. rkl:flipped")
-    return [_choice(Divergence)(x) for x in losses.split(",")], [_choice(Variant)(x) for x in variants.split(",")]
+    return [_choice(Method)(x) for x in losses.split(",")], [_choice(Variant)(x) for x in variants.split(",")]
 
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -130,8 +131,8 @@ class GridSpec:
     """What to run: defaults, then a --grid YAML file, then the command line (last wins); fields = options."""
 
     out: str = _opt("experiment_out", "grid output folder; rerun the same command to continue")
-    losses: list[Divergence] = _opt([Divergence.RKL, Divergence.FKL], "base losses: " + " ".join(Divergence),
-                                    nargs="+", type=_choice(Divergence))  # fmt: skip
+    losses: list[Method] = _opt([Method.RKL, Method.FKL], "base losses or methods: " + " ".join(Method),
+                                nargs="+", type=_choice(Method))  # fmt: skip
     variants: list[Variant] = _opt([Variant.BASE, Variant.ADAKD], "variants: " + " ".join(Variant), nargs="+",
                                    type=_choice(Variant))  # fmt: skip
     also: list[str] = _opt([], "an extra block LOSS[,LOSS]:VARIANT[,VARIANT] (repeatable)", action="append")
@@ -215,6 +216,7 @@ class Setup:
     eval_data: Path
     nproc: int  # training ranks
     eval_kwargs: dict[str, Any]  # pipeline.evaluate's nproc, greedy, seeds, max_new_tokens, max_prompt_len, teacher
+    heldout: Path | None = None  # the held-out file of the distillm rows (when the template names none)
 
     def eval_dir(self, cell_dir: Path) -> Path:
         """Greedy and sampled results live apart, so switching --greedy never reuses the other's numbers."""
@@ -278,7 +280,7 @@ def _embedded_setup(spec: GridSpec, out: Path, quiet: bool) -> Setup:
     template = student_config(out / "cells", paths, plan, init, teacher)
     eval_data = Path(spec.eval_data).resolve() if spec.eval_data else paths["test"]
     kwargs = _eval_kwargs(spec, plan.seeds, 32, plan.max_len // 2, teacher, spec.nproc or plan.eval_nproc)
-    return Setup(template, eval_data, spec.nproc or plan.nproc, kwargs)
+    return Setup(template, eval_data, spec.nproc or plan.nproc, kwargs, heldout=paths["val"])
 
 
 _PATH_KEYS = (("model", "teacher"), ("model", "student"), ("model", "student_config"), ("model", "tokenizer"),
@@ -319,7 +321,7 @@ def run_cell(cell: Cell, setup: Setup, out: Path, quiet: bool) -> CellResult:
     results_file = setup.eval_dir(cell_dir) / "results.json"
     done = results_file.is_file()
     try:
-        cfg = cell_config(setup.template, cell, out / "cells")
+        cfg = cell_config(setup.template, cell, out / "cells", setup.heldout)
         model = train_checked(cfg, setup.nproc, f"train {cell.name}", quiet, done)
         results = json.loads(results_file.read_text()) if done else pipeline.evaluate(
             model, setup.eval_data, setup.eval_dir(cell_dir), name=f"eval {cell.name}", quiet=quiet,
@@ -337,7 +339,7 @@ def collect(out: Path, cells: list[Cell], ran: dict[Cell, CellResult], setup: Se
     rows = [ran.get(c) or CellResult(c.loss.value, c.variant.value, c.seed, Status.PENDING,
                                      error="not run (stopped by --fail-fast)") for c in cells]  # fmt: skip
     found = {Cell.parse(p.name) for p in (out / "cells").glob("*/") if p.is_dir()} - {None, *cells}
-    for cell in sorted(found, key=lambda c: (list(Divergence).index(c.loss), list(Variant).index(c.variant), c.seed)):
+    for cell in sorted(found, key=lambda c: (list(Method).index(c.loss), list(Variant).index(c.variant), c.seed)):
         cell_dir = out / "cells" / cell.name
         results = setup.eval_dir(cell_dir) / "results.json"
         if results.is_file():
