@@ -10,9 +10,10 @@ from torch import Tensor
 NEG_INF = float("-inf")
 
 
-def work_dtype(t: Tensor) -> torch.dtype:
+def work_dtype(t: Tensor | torch.dtype) -> torch.dtype:
     """float64 stays float64 (the reference tests); everything else is computed in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def tempered_log_probs(logits: Tensor, tau: Tensor | float) -> Tensor:
