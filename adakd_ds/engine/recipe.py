@@ -25,6 +25,7 @@ from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.schedule import build_scheduler
+from adakd_ds.eval.hidden_forward import call_loss, model_output, resolve_fused_head
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
@@ -76,6 +77,7 @@ class DistillRecipe:
         if cfg.mode is Mode.DISTILL:
             self._setup_teacher_model(ds_config)
         check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+        self.fused_head = resolve_fused_head(cfg.loss.fused_head, self.engine, self.teacher)  # no [T, V] logits
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
@@ -203,13 +205,14 @@ class DistillRecipe:
         labels = batch["labels"].to(self.device)
         targets = torch.full_like(labels, -100)
         targets[:, :-1] = labels[:, 1:]  # logits at t predict token t + 1
-        teacher_logits = None
+        teacher_logits = None  # logits, or hidden states + head (HeadInput) with the fused head
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
-        student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss, stats = self.loss_fn(
-            student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
+                teacher_logits = model_output(self.teacher, input_ids, attention_mask, self.fused_head)
+        student_logits = model_output(self.engine, input_ids, attention_mask, self.fused_head)
+        loss, stats = call_loss(  # = self.loss_fn(...); a fused student's loss runs as its lm_head's forward
+            self.engine, self.loss_fn, student_logits, teacher_logits, targets, step_totals=totals,
+            accum=self.cfg.train.grad_accum,
         )
         self.engine.backward(loss)
         self.engine.step()

@@ -10,6 +10,7 @@ it too; the engine imports it from here.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,6 +77,41 @@ def head_input(model: Any, input_ids: Tensor, attention_mask: Tensor | None) -> 
     return HeadInput(captured["hidden"], head.weight, head.bias)
 
 
+def call_loss(
+    model: Any,
+    loss_fn: Callable[..., tuple[Tensor, Any]],
+    student: Tensor | HeadInput,
+    teacher: Tensor | HeadInput | None,
+    labels: Tensor,
+    **kwargs: Any,
+) -> tuple[Tensor, Any]:
+    """loss_fn(student, teacher, labels, **kwargs); with a fused student, run as its lm_head module's forward.
+
+    Why: under ZeRO-3 autograd must see the head weight whole when it accumulates the weight's gradient. Running the
+    loss as the head module's forward lets ZeRO-3's module hooks gather the weight for the forward and for the
+    backward (and release it after), as they do for a plain lm_head; without ZeRO-3 it is a plain call.
+    """
+    if not isinstance(student, HeadInput):
+        return loss_fn(student, teacher, labels, **kwargs)
+    head = _module(model).get_output_embeddings()
+    out: dict[str, Any] = {}
+
+    def forward(hidden: Tensor) -> Tensor:  # the hidden states as ZeRO-3's pre-forward hook handed them on
+        loss, out["stats"] = loss_fn(HeadInput(hidden, head.weight, head.bias), teacher, labels, **kwargs)
+        return loss
+
+    own = head.__dict__.get("forward")  # an instance-level forward (e.g. an accelerate hook) is put back after
+    head.forward = forward
+    try:
+        loss = head(student.hidden)
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+    return loss, out["stats"]
+
+
 def model_output(model: Any, input_ids: Tensor, attention_mask: Tensor | None, fused: bool) -> Tensor | HeadInput:
     """What the loss takes: the HeadInput (fused) or the logits [B, L, V]."""
     if fused:
@@ -83,4 +119,4 @@ def model_output(model: Any, input_ids: Tensor, attention_mask: Tensor | None, f
     return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-__all__ = ["FUSED_HEAD_FAMILIES", "fused_head_problem", "head_input", "model_output", "resolve_fused_head"]
+__all__ = ["FUSED_HEAD_FAMILIES", "call_loss", "fused_head_problem", "head_input", "model_output", "resolve_fused_head"]

@@ -6,10 +6,12 @@ fp32 [T, V] tensor (1.16 GB at 2048 tokens), which is what limits the micro-batc
 time: hidden[rows] @ W.T. The gradient of each chunk goes at once into the hidden states' gradient ([T, H]) and the
 head weight's gradient ([V, H], which backward has to produce anyway), and the chunk is freed.
 
-Under ZeRO-3 the head weights are partitioned: `gathered` holds every head weight whole for the duration of the loss,
-and the weight's gradient is handed to autograd with the full shape, so DeepSpeed's own gradient hook reduce-scatters
-it into the partitioned gradient, exactly like the lm_head module's backward would. A tied head (the input embedding)
-is the same parameter: autograd adds this gradient to the embedding's own before the hook runs.
+Under ZeRO-3 the head weights are partitioned: `gathered` holds a head weight whole for the duration of the loss
+(the teacher's). The student's weight gradient must reach autograd while its parameter is whole (autograd copies a
+gradient into the parameter's current shape), so the engine runs this loss AS the student's lm_head module's forward
+(eval/hidden_forward.call_loss): ZeRO-3's own module hooks then gather the weight for the forward and again for the
+backward, and DeepSpeed's gradient hook reduce-scatters it, exactly as after a plain lm_head. A tied head (the input
+embedding) is the same parameter: autograd adds this gradient to the embedding's own before the hook runs.
 """
 
 from __future__ import annotations
@@ -46,18 +48,20 @@ def gathered(params: list[Tensor]) -> Iterator[None]:
     """Hold ZeRO-3 partitioned parameters whole (read-only) inside the block; plain tensors pass through.
 
     One GatheredParameters per distinct parameter, in the given order, so every rank gathers the same ones in the
-    same order (a tied head named twice is gathered once).
+    same order (a tied head named twice is gathered once). A parameter that is already whole (its module's ZeRO-3
+    hook gathered it, see eval/hidden_forward.call_loss) is left alone, so that its module releases it as usual.
     """
-    seen: set[int] = set()
-    zero = []
+    zero: list[Tensor] = []
     for p in params:
-        if p is not None and hasattr(p, "ds_id") and id(p) not in seen:
-            seen.add(id(p))
+        if p is not None and hasattr(p, "ds_id") and all(p is not q for q in zero):
             zero.append(p)
     if not zero:
         yield
         return
     import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    zero = [p for p in zero if p.ds_status is not ZeroParamStatus.AVAILABLE]  # the same on every rank
 
     with contextlib.ExitStack() as stack:
         for p in zero:
