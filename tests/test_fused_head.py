@@ -189,3 +189,21 @@ def test_resolve_fused_head_modes():
     assert resolve_fused_head("auto", model) is False
     with pytest.raises(ValueError, match="fused_head: true.*gemma2"):
         resolve_fused_head(FusedHead.TRUE, model)
+
+
+def test_heldout_eval_loss_fused_equals_unfused():
+    from adakd_ds.eval.heldout_loss import eval_loss_sums
+
+    student, teacher = _llama(True, 6), _llama(False, 7, vocab=57)  # a padded teacher vocab is sliced
+    g = torch.Generator().manual_seed(8)
+    samples = []
+    for n in (5, 9, 7, 3):
+        ids = torch.randint(3, 53, (n,), generator=g).tolist()
+        samples.append((ids, [-100] * 2 + ids[2:]))
+    kw = {"divergences": ["rkl", "fkl", "jsd"], "batch_size": 3}
+    unfused = eval_loss_sums(student, samples, 0, teacher, fused_head="false", **kw)
+    fused = eval_loss_sums(student, samples, 0, teacher, fused_head="true", **kw)
+    assert unfused.keys() == fused.keys() and unfused["n_tokens"] == 3 + 7 + 5 + 1  # n - 2 targets each
+    for key, value in unfused.items():
+        assert value > 0, key
+        assert fused[key] == pytest.approx(value, rel=1e-10, abs=1e-10), key
