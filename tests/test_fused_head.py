@@ -104,18 +104,13 @@ def test_fused_head_errors_name_the_shape():
 
 
 def _llama(tied: bool, seed: int, vocab: int = 53):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from tests.engine_fixtures import tiny_llama_config
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=24,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tied,
-    )
+    cfg = tiny_llama_config(vocab, 24, 2)
+    cfg.tie_word_embeddings = tied
     return LlamaForCausalLM(cfg).double()
 
 

@@ -31,22 +31,14 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def save_models(work: Path) -> None:
     """A teacher and two students (tied and untied head), each saved with from_pretrained-ready files."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from tests.engine_fixtures import tiny_llama_config
 
     def make(seed: int, tied: bool) -> LlamaForCausalLM:
         torch.manual_seed(seed)
-        cfg = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=tied,
-        )
+        cfg = tiny_llama_config(VOCAB, 32, 2)
+        cfg.tie_word_embeddings = tied
         return LlamaForCausalLM(cfg)
 
     make(1, False).save_pretrained(work / "teacher")
