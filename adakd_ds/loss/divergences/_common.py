@@ -27,6 +27,20 @@ def tempered_log_probs(logits: Tensor, tau: Tensor | float) -> Tensor:
     return torch.log_softmax(x, dim=-1)
 
 
+def tempered_probs_and_logs(logits: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+    """(softmax, log_softmax) of logits / tau (tau a [T, 1] column) with ONE exp per logit, not two.
+
+    Why: the loss is bound by exp arithmetic on CPU; log_softmax followed by exp(log p) takes two exps per logit,
+    while e = exp(x - max) gives both p = e / sum(e) and log p = (x - max) - log sum(e). A -inf logit (a mask) stays
+    p = 0, log p = -inf, as with log_softmax.
+    """
+    x = logits.to(work_dtype(logits)) / tau.to(work_dtype(logits))
+    x.sub_(x.amax(-1, keepdim=True))
+    e = x.exp()
+    total = e.sum(-1, keepdim=True)
+    return e.div_(total), x.sub_(total.log_())
+
+
 def tau_column(tau: Tensor | float, like: Tensor) -> Tensor:
     """tau as a [T, 1] column in like's dtype, whether given per row or as one float (the same arithmetic for both)."""
     if isinstance(tau, Tensor):
