@@ -88,7 +88,8 @@ class _Floor(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        return ctx.grad, None
+        grad, ctx.grad = ctx.grad, None  # handed over, not copied: autograd copies a gradient someone else holds
+        return grad, None
 
 
 def _floor(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

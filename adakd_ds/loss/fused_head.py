@@ -28,10 +28,11 @@ from torch.autograd.function import once_differentiable
 from adakd_ds.loss.chunked_grad import ChunkKernel, RowChunk, row_chunks
 from adakd_ds.loss.divergences._common import work_dtype
 
-# logits per [chunk, V] working tensor for the fused head when chunk_size is 0 ("auto"): 64 MiB in fp32. Larger than
-# the unfused default because each chunk also multiplies by the whole head weight: fewer, taller chunks keep that
-# matmul compute-bound (about 110 rows at a 151936 vocab).
-FUSED_AUTO_CHUNK_ELEMENTS = 2**24
+# logits per [chunk, V] working tensor for the fused head when chunk_size is 0 ("auto"): 128 MiB in fp32. Larger than
+# the unfused default because each chunk also multiplies by the whole head weight, and grad_W += g.T @ h reads and
+# writes all of the [V, H] weight gradient once per chunk: fewer, taller chunks (about 220 rows at a 151936 vocab)
+# keep those matmuls compute-bound, at the price of a larger working set (measured in bench/head_bench.py).
+FUSED_AUTO_CHUNK_ELEMENTS = 2**25
 
 
 @dataclass
