@@ -59,13 +59,13 @@ def make_inputs(tokens: int, hidden: int, vocab: int) -> Inputs:
     return hs, ws, ht, wt, labels
 
 
-def _ours(fused: bool, adakd: bool) -> LossFn:
+def _ours(fused: bool, adakd: bool, chunk_size: int) -> LossFn:
     from adakd_ds.config import Divergence, LossConfig
     from adakd_ds.loss.adakd_loss import AdaKDLoss
     from adakd_ds.loss.fused_head import HeadInput
 
     div = Divergence.RKL if adakd else Divergence.FKL
-    loss_fn = AdaKDLoss(LossConfig(divergence=div, adakd=adakd), total_steps=100)
+    loss_fn = AdaKDLoss(LossConfig(divergence=div, adakd=adakd, chunk_size=chunk_size), total_steps=100)
     loss_fn.controller.ratio = 0.75
     if fused:
         return lambda hs, ws, ht, wt, y: loss_fn(HeadInput(hs, ws), HeadInput(ht, wt), y)[0]
@@ -94,11 +94,11 @@ def _floor(hs, ws, ht, wt, y):
     return torch.zeros(())
 
 
-def build(variant: str) -> LossFn:
+def build(variant: str, chunk_size: int = 0) -> LossFn:
     if variant == "floor":
         return _floor
     if variant in ("fused_fkl", "fused_adakd_rkl", "unfused_fkl", "unfused_adakd_rkl"):
-        return _ours(variant.startswith("fused"), variant.endswith("adakd_rkl"))
+        return _ours(variant.startswith("fused"), variant.endswith("adakd_rkl"), chunk_size)
     if variant.startswith("liger_jsd"):
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
@@ -138,10 +138,10 @@ def fwd_bwd(fn: LossFn, inputs: Inputs) -> float:
     return float(loss.detach())
 
 
-def one_run(variant: str, tokens: int, hidden: int, vocab: int, threads: int) -> dict:
+def one_run(variant: str, tokens: int, hidden: int, vocab: int, threads: int, chunk_size: int = 0) -> dict:
     """Inside a fresh subprocess: a warm-up, then one measured forward + backward."""
     torch.set_num_threads(threads)
-    fn = build(variant)
+    fn = build(variant, chunk_size)
     inputs = make_inputs(tokens, hidden, vocab)
     # torch.compile (Liger) specialises on the shapes: its warm-up runs the real shapes, so no compile is timed
     fwd_bwd(fn, inputs if variant in COMPILED else make_inputs(16, hidden, 4096))
@@ -156,14 +156,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk-size", type=int, default=0, help="our loss's rows per chunk (0: auto)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # the subprocess mode
     args = ap.parse_args(argv)
     shape = ["--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab)]
+    shape += ["--chunk-size", str(args.chunk_size)]
     if args.one:
         import json
 
-        print(json.dumps(one_run(args.one, args.tokens, args.hidden, args.vocab, args.threads)))
+        print(json.dumps(one_run(args.one, args.tokens, args.hidden, args.vocab, args.threads, args.chunk_size)))
         return
     notes = {v: missing_peer(*PEERS[v]) for v in args.variants if v in PEERS}
     runs: dict[str, list[dict]] = {v: [] for v in args.variants if not notes.get(v)}
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     best_cpu = min(peers, key=lambda v: med[v]["cpu"]) if peers else None
     print(
         f"\n{args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, float32, fwd+bwd from hidden states, CPU, "
-        f"{args.threads} thread(s), median of {args.repeats} fresh-process runs (interleaved), torch {torch.__version__}"
+        f"{args.threads} thread(s), median of {args.repeats} fresh-process runs (interleaved), our chunk_size "
+        f"{args.chunk_size or 'auto'}, torch {torch.__version__}"
     )
     print(f"machine: {load_before} before, {load()} after; inputs not counted in the peak\n")
     print("| variant | loss | wall s | CPU s | CPU vs floor | CPU vs best peer | peak growth MiB | mem vs best peer |")
