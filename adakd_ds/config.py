@@ -66,6 +66,12 @@ class ValMetric(str, enum.Enum):
     KD = "kd"  # the held-out KD divergence to the teacher (eval/kd)
 
 
+class FusedHead(str, enum.Enum):
+    AUTO = "auto"  # fused where the model has a standard lm_head (eval/hidden_forward.FUSED_HEAD_FAMILIES)
+    TRUE = "true"  # fused; a model outside those families is an error
+    FALSE = "false"  # the models materialise their [T, V] logits
+
+
 class Schedule(str, enum.Enum):
     COSINE = "cosine"  # linear warm-up, then cosine to min_lr_ratio * lr
     CONSTANT = "constant"  # linear warm-up, then flat
@@ -117,6 +123,7 @@ class LossConfig:
     # mixing and memory
     kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
     chunk_size: int = 0  # tokens per fp32 [chunk, V] working set; 0 = auto (about 2**20 logits per chunk)
+    fused_head: FusedHead = FusedHead.AUTO  # logits made chunk by chunk from hidden states: no [T, V] tensor
 
     @property
     def use_latf(self) -> bool:

@@ -1,12 +1,13 @@
 """Time and peak memory of the AdaKD loss against plain fkl, TRL's generalized JSD loss and a naive unchunked rkl.
 
 Forward + backward w.r.t. the student logits, float32, CPU. Times are interleaved round-robin over the variants (so
-a noisy neighbour hurts all of them alike) and the median is reported. Peak memory is measured in a FRESH subprocess
-per variant as the growth of the process's peak RSS (ru_maxrss) during one forward + backward, after the inputs exist
-(torch allocations are invisible to tracemalloc). It includes the [T, V] gradient buffer, the same for every variant.
+a noisy neighbour hurts all of them alike) and the median is reported, with the process CPU time next to the wall
+time. Peak memory is measured in a FRESH subprocess per variant: the peak RSS is reset once the inputs exist
+(bench_common.reset_peak), so it is the growth during one forward + backward. It includes the [T, V] gradient buffer,
+the same for every variant. The floor row is one pass that reads both inputs and writes a gradient of their size.
 
     .venv/bin/python bench/loss_bench.py --tokens 4096 --vocab 32000 --repeats 5
-TRL is needed only here: `.venv/bin/pip install trl` (check with --dry-run that it does not touch torch).
+TRL is an optional peer (a bench-only extra: pip install -e .[bench]); without it its row is skipped with a note.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +24,14 @@ import torch
 
 # run from a checkout without relying on the editable install
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-VARIANTS = ("fkl_chunked", "adakd_rkl", "trl_gjsd", "naive_rkl")
+from bench_common import load, measure_once, missing_peer, run_json  # noqa: E402
+
+VARIANTS = ("fkl_chunked", "adakd_rkl", "trl_gjsd", "naive_rkl", "floor")
+PEERS = {"trl_gjsd": ("trl", "trl")}  # variant -> (module, pip extra): optional, skipped with a note when missing
 LABELS = {
+    "floor": "floor: one pass reading both inputs, writing a [T, V] gradient",
     "fkl_chunked": "plain fkl, our chunked kernel (adakd=False)",
     "adakd_rkl": "AdaKD-rkl (hellinger, LATF r=0.75, IDTS c=0.5)",
     "trl_gjsd": "TRL GKDTrainer.generalized_jsd_loss (beta=1)",
@@ -37,7 +41,7 @@ LABELS = {
 
 def make_inputs(tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    teacher = 2.0 * torch.randn(tokens, vocab, generator=g)
+    teacher = torch.randn(tokens, vocab, generator=g).mul_(2.0)  # in place: no temporary raises the peak
     student = torch.randn(tokens, vocab, generator=g)
     labels = torch.randint(0, vocab, (tokens,), generator=g)
     return student, teacher, labels
@@ -71,7 +75,25 @@ def build(variant: str, chunk_size: int) -> Callable[[torch.Tensor, torch.Tensor
             return (logq.exp() * (logq - logp)).sum(-1).mean()
 
         return naive
+    if variant == "floor":
+        return _floor
     raise ValueError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+
+
+class _Floor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        ctx.grad = torch.sub(s, t)  # reads both inputs, writes one tensor of their size
+        return s.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad, ctx.grad = ctx.grad, None  # handed over, not copied: autograd copies a gradient someone else holds
+        return grad, None
+
+
+def _floor(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _Floor.apply(s, t)
 
 
 def fwd_bwd(fn, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> float:
@@ -82,38 +104,37 @@ def fwd_bwd(fn, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
 
 
 def measure_memory(variant: str, tokens: int, vocab: int, chunk_size: int, threads: int) -> dict:
-    """Runs inside a fresh subprocess: peak RSS growth of one forward + backward, in MiB."""
+    """Runs inside a fresh subprocess: peak RSS growth of one forward + backward (after a warm-up), in MiB."""
     torch.set_num_threads(threads)
     fn = build(variant, chunk_size)
+    fwd_bwd(fn, *make_inputs(8, vocab))  # first-call costs (allocator, kernels) are not the variant's memory
     student, teacher, labels = make_inputs(tokens, vocab)
-    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    loss = fwd_bwd(fn, student, teacher, labels)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    m = measure_once(lambda: fwd_bwd(fn, student, teacher, labels))
     inputs_mib = 2 * student.numel() * student.element_size() / 2**20
-    return {"variant": variant, "peak_delta_mib": (peak_kib - base_kib) / 1024, "inputs_mib": inputs_mib, "loss": loss}
+    return {"variant": variant, "peak_delta_mib": m.peak_growth_mib, "inputs_mib": inputs_mib, "loss": m.value}
 
 
 def memory_in_subprocess(variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-of", variant, "--tokens", str(args.tokens)]
-    cmd += ["--vocab", str(args.vocab), "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory subprocess for {variant} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    extra = ["--memory-of", variant, "--tokens", str(args.tokens), "--vocab", str(args.vocab)]
+    return run_json(
+        os.path.abspath(__file__), extra + ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+    )
 
 
-def time_all(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
+def time_all(args: argparse.Namespace, variants: list[str]) -> tuple[dict, dict, dict]:
     torch.set_num_threads(args.threads)
-    fns = {v: build(v, args.chunk_size) for v in VARIANTS}
+    fns = {v: build(v, args.chunk_size) for v in variants}
     student, teacher, labels = make_inputs(args.tokens, args.vocab)
-    losses = {v: fwd_bwd(fns[v], student, teacher, labels) for v in VARIANTS}  # warm-up, and the values
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    losses = {v: fwd_bwd(fns[v], student, teacher, labels) for v in variants}  # warm-up, and the values
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
-        for v in VARIANTS:
-            t0 = time.perf_counter()
+        for v in variants:
+            t0, c0 = time.perf_counter(), time.process_time()
             fwd_bwd(fns[v], student, teacher, labels)
             times[v].append(time.perf_counter() - t0)
-    return times, losses
+            cpu[v].append(time.process_time() - c0)
+    return times, cpu, losses
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,31 +152,47 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_memory(args.memory_of, args.tokens, args.vocab, args.chunk_size, args.threads)))
         return
 
-    mem = {v: memory_in_subprocess(v, args) for v in VARIANTS}
-    times, losses = time_all(args)
-    med = {v: statistics.median(times[v]) for v in VARIANTS}
+    notes = {v: missing_peer(*PEERS[v]) for v in PEERS}
+    variants = [v for v in VARIANTS if not notes.get(v)]
+    for v, note in notes.items():
+        if note:
+            print(f"{LABELS[v]}: {note}")
+    load_before = load()
+    mem = {v: memory_in_subprocess(v, args) for v in variants}
+    times, cpu, losses = time_all(args, variants)
+    med = {v: statistics.median(times[v]) for v in variants}
+    med_cpu = {v: statistics.median(cpu[v]) for v in variants}
+    peer = "trl_gjsd" if "trl_gjsd" in variants else None
     print(
         f"\n{args.tokens} tokens x {args.vocab} vocab, float32, fwd+bwd, CPU, torch.set_num_threads({args.threads}), "
-        f"median of {args.repeats}, chunk_size {args.chunk_size}, torch {torch.__version__}"
+        f"median of {args.repeats} (interleaved), chunk_size {args.chunk_size}, torch {torch.__version__}"
     )
-    print(f"inputs (student + teacher logits): {mem[VARIANTS[0]]['inputs_mib']:.0f} MiB, not counted below\n")
-    print("| variant | loss | median s | vs plain fkl | vs TRL | peak RSS growth MiB | mem vs TRL |")
-    print("|---|---|---|---|---|---|---|")
-    for v in VARIANTS:
+    print(f"machine: {load_before} before, {load()} after")
+    print(f"inputs (student + teacher logits): {mem[variants[0]]['inputs_mib']:.0f} MiB, not counted below\n")
+    print(
+        "| variant | loss | median wall s | median CPU s | vs plain fkl | vs TRL | vs floor | peak RSS growth MiB | mem vs TRL |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def vs(v: str, ref: str | None, table: dict) -> str:
+        return f"{table[v] / table[ref]:.2f}x" if ref else "n/a"
+
+    mem_mib = {v: mem[v]["peak_delta_mib"] for v in variants}
+    for v in variants:
+        loss = "" if v == "floor" else f"{losses[v]:.5f}"
         print(
-            f"| {LABELS[v]} | {losses[v]:.5f} | {med[v]:.3f} | {med[v] / med['fkl_chunked']:.2f}x | "
-            f"{med[v] / med['trl_gjsd']:.2f}x | {mem[v]['peak_delta_mib']:.0f} | "
-            f"{mem[v]['peak_delta_mib'] / mem['trl_gjsd']['peak_delta_mib']:.2f}x |"
+            f"| {LABELS[v]} | {loss} | {med[v]:.3f} | {med_cpu[v]:.3f} | {vs(v, 'fkl_chunked', med_cpu)} | "
+            f"{vs(v, peer, med_cpu)} | {vs(v, 'floor', med_cpu)} | {mem_mib[v]:.0f} | {vs(v, peer, mem_mib)} |"
         )
-    r_fkl = med["adakd_rkl"] / med["fkl_chunked"]
-    r_trl = med["adakd_rkl"] / med["trl_gjsd"]
-    r_mem = mem["adakd_rkl"]["peak_delta_mib"] / mem["trl_gjsd"]["peak_delta_mib"]
-    print("\n| target | value | met |")
+    r_fkl = med_cpu["adakd_rkl"] / med_cpu["fkl_chunked"]
+    print("\n| target (CPU time) | value | met |")
     print("|---|---|---|")
     print(f"| AdaKD-rkl time <= 1.15x plain fkl | {r_fkl:.2f}x | {'yes' if r_fkl <= 1.15 else 'NO'} |")
-    print(f"| AdaKD-rkl time <= 0.8x TRL | {r_trl:.2f}x | {'yes' if r_trl <= 0.8 else 'NO'} |")
-    print(f"| AdaKD-rkl peak memory <= 0.25x TRL | {r_mem:.2f}x | {'yes' if r_mem <= 0.25 else 'NO'} |")
-    print("\nall times (s): " + json.dumps({v: [round(t, 3) for t in times[v]] for v in VARIANTS}))
+    if peer:
+        r_trl, r_mem = med_cpu["adakd_rkl"] / med_cpu[peer], mem_mib["adakd_rkl"] / mem_mib[peer]
+        print(f"| AdaKD-rkl time <= 0.8x TRL | {r_trl:.2f}x | {'yes' if r_trl <= 0.8 else 'NO'} |")
+        print(f"| AdaKD-rkl peak memory <= 0.25x TRL | {r_mem:.2f}x | {'yes' if r_mem <= 0.25 else 'NO'} |")
+    print("\nall wall times (s): " + json.dumps({v: [round(t, 3) for t in times[v]] for v in variants}))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ def ckpt_setup(tmp_path_factory):
     return build_tiny_setup(tmp_path_factory.mktemp("ckpt"), n_records=32)
 
 
-def _config(setup, out: Path, dtype: str = "fp32", **sections) -> Path:
+def _config(setup, out: Path, dtype: str = "fp32", fused_head: str = "true", **sections) -> Path:
     train = {"max_steps": STEPS, "micro_batch": 4, "lr": 1e-2, "dtype": dtype, **sections.pop("train", {})}
-    return write_run_config(setup, out, train=train, **sections)
+    loss = {"fused_head": fused_head, **sections.pop("loss", {})}
+    return write_run_config(setup, out, train=train, loss=loss, **sections)
 
 
 def _run(cfg: Path, *extra: str, env: dict[str, str] | None = None, launcher: str = "torchrun", nproc: int = 2):
@@ -63,26 +64,26 @@ def _assert_identical_runs(reference: Path, resumed: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference_runs(ckpt_setup, tmp_path_factory):
-    """Uninterrupted runs, one per dtype, computed once for the module."""
+    """Uninterrupted runs, one per dtype (fused head), and fp32 unfused, computed once for the module."""
     root = tmp_path_factory.mktemp("reference")
     runs = {}
-    for dtype in ("fp32", "bf16"):
-        out = root / dtype
-        res = _run(_config(ckpt_setup, out, dtype, output={"save_interval": 2}))
+    for dtype, fused in (("fp32", "true"), ("bf16", "true"), ("fp32", "false")):
+        out = root / f"{dtype}-{fused}"
+        res = _run(_config(ckpt_setup, out, dtype, fused, output={"save_interval": 2}))
         assert res.returncode == 0, res.output[-4000:]
-        runs[dtype] = out
+        runs[dtype if fused == "true" else f"{dtype}-unfused"] = out
     return runs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "dtype,stop_at",
-    [("fp32", 4), ("fp32", 3), ("bf16", 3)],
-    ids=["fp32-at-epoch-boundary", "fp32-crossing-epoch", "bf16-crossing-epoch"],
+    "dtype,stop_at,fused_head",
+    [("fp32", 4, "true"), ("fp32", 3, "true"), ("bf16", 3, "true"), ("fp32", 3, "false")],
+    ids=["fp32-at-epoch-boundary", "fp32-crossing-epoch", "bf16-crossing-epoch", "fp32-unfused-crossing-epoch"],
 )
-def test_bit_exact_resume(ckpt_setup, reference_runs, tmp_path, dtype, stop_at):
+def test_bit_exact_resume(ckpt_setup, reference_runs, tmp_path, dtype, stop_at, fused_head):
     out = tmp_path / "run"
-    cfg = _config(ckpt_setup, out, dtype, output={"save_interval": 2})
+    cfg = _config(ckpt_setup, out, dtype, fused_head, output={"save_interval": 2})
     first = _run(cfg, env={"ADAKD_PREEMPT_AT_STEP": str(stop_at)})
     assert first.returncode != 0, "a preempted run must not report success"
     assert [h["step"] for h in read_history(out)] == list(range(1, stop_at + 1))
@@ -90,7 +91,7 @@ def test_bit_exact_resume(ckpt_setup, reference_runs, tmp_path, dtype, stop_at):
     second = _run(cfg)  # --resume auto is the default
     assert second.returncode == 0, second.output[-4000:]
     assert "resumed from" in second.output and f"step {stop_at}" in second.output
-    _assert_identical_runs(reference_runs[dtype], out)
+    _assert_identical_runs(reference_runs[dtype if fused_head == "true" else f"{dtype}-unfused"], out)
 
 
 @pytest.mark.slow

@@ -96,9 +96,10 @@ def test_distill_run_through_deepspeed_cli(tiny_setup, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_with_the_whole_global_batch(tiny_setup, tmp_path):
+@pytest.mark.parametrize("fused_head", ["true", "false"])
+def test_two_ranks_equal_one_rank_with_the_whole_global_batch(tiny_setup, tmp_path, fused_head):
     """2 ranks x micro 2 and 1 rank x micro 4 see the same global batches: same losses and r, AdaKD on."""
-    loss = {"warmup_frac": 0.2, "eps": 0.0, "delta": 0.2, "chunk_size": 16}
+    loss = {"warmup_frac": 0.2, "eps": 0.0, "delta": 0.2, "chunk_size": 16, "fused_head": fused_head}
     two = write_run_config(
         tiny_setup, tmp_path / "two", train={"micro_batch": 2, "max_steps": 6}, loss=loss, output={"export": False}
     )

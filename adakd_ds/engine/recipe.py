@@ -17,7 +17,16 @@ import torch
 from adakd_ds.checkpoint.export import export_hf
 from adakd_ds.checkpoint.manager import CheckpointError, CheckpointManager, read_marker, resolve_resume
 from adakd_ds.checkpoint.reshard import load_resharded
-from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
+from adakd_ds.config import (
+    ConfigError,
+    FusedHead,
+    LossConfig,
+    Mode,
+    RunConfig,
+    config_to_dict,
+    resolve_shipped_path,
+    save_config,
+)
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
@@ -29,6 +38,7 @@ from adakd_ds.engine.responses import ResponseProvider
 from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
+from adakd_ds.eval.hidden_forward import call_loss, model_output, resolve_fused_head
 from adakd_ds.eval.progress import SetupStages, Stage
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
@@ -91,6 +101,12 @@ class DistillRecipe:
             self.stages.done(Stage.TEACHER, "ZeRO-3 inference engine")
         self.vocab = check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
         self.stages.note(self.vocab.note)
+        self.fused_head = resolve_fused_head(cfg.loss.fused_head, self.engine, self.teacher)  # no [T, V] logits
+        if self.fused_head and self.vocab.student_width is not None:
+            if cfg.loss.fused_head is FusedHead.TRUE:
+                raise ConfigError("loss.fused_head: true does not support a student vocab padded beyond the teacher's")
+            self.fused_head = False  # the padded student's extra logits are sliced off, which needs its logits
+            self.stages.note("loss.fused_head: auto -> unfused (a padded student's logits are sliced)")
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
@@ -221,15 +237,16 @@ class DistillRecipe:
         labels = batch["labels"].to(self.device)
         targets = torch.full_like(labels, -100)
         targets[:, :-1] = labels[:, 1:]  # logits at t predict token t + 1
-        teacher_logits = None
+        teacher_logits = None  # logits, or hidden states + head (HeadInput) with the fused head
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
-        student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
-        if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens
+                teacher_logits = model_output(self.teacher, input_ids, attention_mask, self.fused_head)
+        student_logits = model_output(self.engine, input_ids, attention_mask, self.fused_head)
+        if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens (unfused)
             student_logits = student_logits[..., : self.vocab.student_width]
-        loss, stats = self.loss_fn(
-            student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
+        loss, stats = call_loss(  # = self.loss_fn(...); a fused student's loss runs as its lm_head's forward
+            self.engine, self.loss_fn, student_logits, teacher_logits, targets, step_totals=totals,
+            accum=self.cfg.train.grad_accum,
         )
         self.engine.backward(loss)
         self.engine.step()

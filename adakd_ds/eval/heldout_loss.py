@@ -10,13 +10,16 @@ world size beyond float rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from adakd_ds.config import Divergence
+from adakd_ds.config import Divergence, FusedHead
 from adakd_ds.data.tokenize import IGNORE_INDEX, build_sample, encode_prompts
+from adakd_ds.eval.hidden_forward import model_output, resolve_fused_head
+from adakd_ds.loss.chunked_grad import row_chunks
+from adakd_ds.loss.fused_head import HeadInput, HeadRows, gathered
 
 DEFAULT_DIVERGENCES: tuple[Divergence, ...] = (Divergence.RKL, Divergence.FKL)
 
@@ -54,6 +57,53 @@ def _right_pad(
     return ids.to(device), mask.to(device), aligned.to(device)
 
 
+def _to(x: torch.Tensor | HeadInput, device: torch.device) -> torch.Tensor | HeadInput:
+    if isinstance(x, HeadInput):
+        bias = x.bias.to(device) if x.bias is not None else None
+        return HeadInput(x.hidden.to(device), x.weight.to(device), bias)
+    return x.to(device)
+
+
+def _valid_logits(
+    s_out: torch.Tensor | HeadInput, t_out: torch.Tensor | HeadInput | None, labels: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """(student logits, teacher logits sliced to the student's vocab or None, targets) of the valid tokens, fp32.
+
+    From logits: all valid rows at once. From a fused head (HeadInput): chunk by chunk, so no [T, V] tensor exists.
+    """
+    valid = labels != IGNORE_INDEX
+    if not isinstance(s_out, HeadInput):
+        t = None
+        if t_out is not None:  # a padded vocab on either side: the divergence covers the shared ids, as in training
+            t = t_out[valid][:, : s_out.shape[-1]].float()
+        yield s_out[valid].float(), t, labels[valid]
+        return
+    s_rows = HeadRows(s_out.hidden.reshape(-1, s_out.hidden.shape[-1]), s_out.weight, s_out.bias)
+    t_rows = None
+    if t_out is not None:
+        t_rows = HeadRows(t_out.hidden.reshape(-1, t_out.hidden.shape[-1]), t_out.weight, t_out.bias)
+        _check_teacher_vocab(t_rows.vocab, s_rows.vocab)
+        t_rows = t_rows.narrow(s_rows.vocab)
+    flat = labels.reshape(-1)
+    for chunk in row_chunks(valid.reshape(-1).nonzero().squeeze(1), s_rows.chunk_rows(0)):
+        t = None if t_rows is None else t_rows.take(chunk).float()
+        yield s_rows.take(chunk).float(), t, chunk.take(flat)
+
+
+def _padded_student(model: Any, teacher: Any | None) -> bool:
+    """A student vocab wider than the teacher's: its extra logits are sliced off, so it is evaluated unfused."""
+    if teacher is None:
+        return False
+    s_vocab, t_vocab = (getattr(getattr(m, "config", None), "vocab_size", 0) for m in (model, teacher))
+    return bool(s_vocab and t_vocab and s_vocab > t_vocab)
+
+
+def _check_teacher_vocab(t_vocab: int, s_vocab: int) -> None:
+    """A teacher's padded vocab is sliced, as in the training loss; a smaller one is an error."""
+    if t_vocab < s_vocab:
+        raise ValueError(f"teacher vocab {t_vocab} is smaller than the student's {s_vocab}")
+
+
 @torch.no_grad()
 def eval_loss_sums(
     model: Any,
@@ -62,37 +112,37 @@ def eval_loss_sums(
     teacher: Any | None = None,
     divergences: Sequence[Divergence | str] = DEFAULT_DIVERGENCES,
     batch_size: int = 8,
+    fused_head: FusedHead | str = FusedHead.AUTO,
 ) -> dict[str, float]:
-    """Float64 sums over this process's samples: n_tokens, ce and one entry per divergence (if a teacher is given)."""
+    """Float64 sums over this process's samples: n_tokens, ce and one entry per divergence (if a teacher is given).
+
+    With the fused head (auto: where both models allow it) the logits are made chunk by chunk from hidden states.
+    """
     from adakd_ds.loss.divergences import get_divergence, parse_divergence
 
     kinds = [parse_divergence(d) for d in divergences] if teacher is not None else []
     fns: dict[str, Callable] = {k.value: get_divergence(k) for k in kinds}
     sums = {"n_tokens": 0.0, "ce": 0.0, **{name: 0.0 for name in fns}}
     device = next(model.parameters()).device
+    fused = resolve_fused_head(fused_head, model, teacher) and not _padded_student(model, teacher)
     for start in range(0, len(samples), batch_size):
         ids, mask, labels = _right_pad(samples[start : start + batch_size], pad_id, device)
-        valid = labels != IGNORE_INDEX
-        if not bool(valid.any()):
+        if not bool((labels != IGNORE_INDEX).any()):
             continue
-        s_logits = model(input_ids=ids, attention_mask=mask).logits[valid].float()
-        target = labels[valid]
-        logp = torch.log_softmax(s_logits, dim=-1)
-        sums["ce"] += float(-logp.gather(-1, target.unsqueeze(-1)).double().sum())
-        sums["n_tokens"] += float(valid.sum())
+        s_out = model_output(model, ids, mask, fused)
+        t_out = None
         if teacher is not None:
-            t_logits = (
-                teacher(
-                    input_ids=ids.to(next(teacher.parameters()).device),
-                    attention_mask=mask.to(next(teacher.parameters()).device),
-                )
-                .logits.to(device)[valid]
-                .float()
-            )
-            width = min(t_logits.shape[-1], s_logits.shape[-1])  # a padded vocab on either side, as in training
-            s_kd, t_kd = s_logits[:, :width], t_logits[:, :width]
-            for name, fn in fns.items():
-                sums[name] += float(fn(s_kd, t_kd, 1.0).double().sum())
+            t_dev = next(teacher.parameters()).device
+            t_out = _to(model_output(teacher, ids.to(t_dev), mask.to(t_dev), fused), device)
+        heads = [x.weight for x in (s_out, t_out) if isinstance(x, HeadInput)]
+        with gathered(heads):
+            for s_logits, t_logits, target in _valid_logits(s_out, t_out, labels):
+                logp = torch.log_softmax(s_logits, dim=-1)
+                sums["ce"] += float(-logp.gather(-1, target.unsqueeze(-1)).double().sum())
+                sums["n_tokens"] += float(target.numel())
+                width = t_logits.shape[-1] if t_logits is not None else 0  # < the student's for a padded student
+                for name, fn in fns.items():
+                    sums[name] += float(fn(s_logits[:, :width], t_logits, 1.0).double().sum())
     return sums
 
 

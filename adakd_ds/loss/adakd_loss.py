@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 
 from adakd_ds.config import Indicator, LossConfig
-from adakd_ds.loss.chunked_grad import GradBuffer, GradSink, RowChunk, autograd_kernel, chunk_rows, row_chunks
+from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
 from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, parse_divergence
 from adakd_ds.loss.divergences._common import tau_column, work_dtype
 from adakd_ds.loss.divergences.ce import cross_entropy_with_grad
+from adakd_ds.loss.fused_head import HeadInput, HeadRows, gathered
 from adakd_ds.loss.idts import idts_temperatures, lower_median
 from adakd_ds.loss.latf import LATFController, select_top_ratio
 
@@ -51,12 +52,26 @@ class LossStats:
     selected: Tensor | None = None  # bool per valid token, global order
 
 
+Rows = TensorRows | HeadRows  # logits [T, V]: materialised, or made per chunk from hidden states (the fused head)
+
+
 @dataclass
 class _Flat:
-    student: Tensor  # [T, Vs]
-    teacher: Tensor | None  # [T, Vt >= Vs]
+    student: Rows  # [T, Vs]
+    teacher: Rows | None  # [T, Vs]: a wider (padded) teacher vocab is already narrowed to the student's
     labels: Tensor  # [T]
     valid_rows: Tensor  # [n_local] row indices
+
+
+def _rows_of(x: Tensor | HeadInput, who: str) -> tuple[Rows, tuple[int, ...]]:
+    """(the rows source, the batch shape [...]) of logits or of a fused head's hidden states."""
+    if isinstance(x, HeadInput):
+        if x.hidden.dim() < 2:
+            raise ValueError(f"{who} hidden states must be [..., H], got shape {tuple(x.hidden.shape)}")
+        return HeadRows(x.hidden.reshape(-1, x.hidden.shape[-1]), x.weight, x.bias), tuple(x.hidden.shape[:-1])
+    if x.dim() < 2:
+        raise ValueError(f"{who} logits must be [..., V], got shape {tuple(x.shape)}")
+    return TensorRows(x.reshape(-1, x.shape[-1])), tuple(x.shape[:-1])
 
 
 def _raise_if_bad(bad: list[int]) -> None:
@@ -92,27 +107,27 @@ class AdaKDLoss(torch.nn.Module):
         self.generator = torch.Generator().manual_seed(seed)  # identical on all ranks: drives `random` only
 
     # ----------------------------------------------------------------------------------------------------- checks
-    def _flatten(self, student: Tensor, teacher: Tensor | None, labels: Tensor, mask: Tensor | None) -> _Flat:
-        if student.dim() < 2:
-            raise ValueError(f"student logits must be [..., V], got shape {tuple(student.shape)}")
-        if labels.shape != student.shape[:-1]:
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match student logits {tuple(student.shape)}")
+    def _flatten(
+        self, student: Tensor | HeadInput, teacher: Tensor | HeadInput | None, labels: Tensor, mask: Tensor | None
+    ) -> _Flat:
+        s, batch = _rows_of(student, "student")
+        what = "hidden states" if isinstance(student, HeadInput) else "logits"
+        if tuple(labels.shape) != batch:
+            raise ValueError(f"labels shape {tuple(labels.shape)} does not match student {what} {batch} x [V]")
         if mask is not None and mask.shape != labels.shape:
             raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match labels {tuple(labels.shape)}")
-        vs = student.shape[-1]
-        s = student.reshape(-1, vs)
+        vs = s.vocab
         t = None
         if teacher is not None:
-            if teacher.shape[:-1] != student.shape[:-1]:
+            t, t_batch = _rows_of(teacher, "teacher")
+            if t_batch != batch:
+                raise ValueError(f"teacher {what} {t_batch} x [V] and student {what} {batch} x [V] differ in shape")
+            if t.vocab < vs:
                 raise ValueError(
-                    f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)} differ in shape"
-                )
-            if teacher.shape[-1] < vs:
-                raise ValueError(
-                    f"vocab mismatch: teacher vocab {teacher.shape[-1]} is smaller than the student's {vs}; "
+                    f"vocab mismatch: teacher vocab {t.vocab} is smaller than the student's {vs}; "
                     "the models must share a tokenizer (a teacher vocab padded beyond the student's is sliced)"
                 )
-            t = teacher.detach().reshape(-1, teacher.shape[-1])
+            t = t.narrow(vs)
         flat_labels = labels.reshape(-1)
         valid = flat_labels != IGNORE_INDEX
         if mask is not None:
@@ -124,41 +139,49 @@ class AdaKDLoss(torch.nn.Module):
     # ------------------------------------------------------------------------------------------------- pass one
     def _local_scores(self, flat: _Flat) -> Tensor:
         """Difficulty of every local valid token (no grad); a NaN / +inf logit leaves a non-finite score."""
-        vs = flat.student.shape[-1]
-        dtype = work_dtype(flat.student)
+        dtype = work_dtype(flat.student.dtype)
         scores = torch.zeros(flat.valid_rows.numel(), dtype=dtype, device=flat.student.device)
-        student = flat.student.detach()
-        for chunk in row_chunks(flat.valid_rows, chunk_rows(self.cfg.chunk_size, vs)):
-            s = chunk.take(student).to(dtype)
-            t = chunk.take(flat.teacher)[:, :vs].to(dtype)
+        for chunk in row_chunks(flat.valid_rows, flat.student.chunk_rows(self.cfg.chunk_size)):
+            s = flat.student.take(chunk).to(dtype)
+            t = flat.teacher.take(chunk).to(dtype)
             scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
         return scores
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(
         self,
-        student_logits: Tensor,
-        teacher_logits: Tensor | None,
+        student_logits: Tensor | HeadInput,
+        teacher_logits: Tensor | HeadInput | None,
         labels: Tensor,
         attention_mask: Tensor | None = None,
         step_totals: tuple[int, int] | None = None,
         accum: int = 1,
     ) -> tuple[Tensor, LossStats]:
-        """Rank-local loss and global stats.
+        """Rank-local loss and global stats, from logits, or from hidden states and head weights (the fused head).
+
+        Given `HeadInput`s, neither model's [T, V] logits ever exist: each chunk's logits are made from the hidden
+        states, with the same passes, statistics and result; the gradient reaches the hidden states and the head
+        weight. ZeRO-3 head weights are gathered here, so every rank must call this (as it must anyway).
 
         Without accumulation the objective is normalised by this micro-batch's global k and N. With `accum` micro-steps
         per optimizer step, pass `step_totals` = (k, N) summed over the step's micro-batches: each token then weighs
         the same whatever micro-batch it fell in, and DeepSpeed's division by `accum` is undone here.
         """
+        if self.cfg.kd_ratio > 0.0 and teacher_logits is None:
+            raise ValueError("teacher logits (or hidden states) are required when loss.kd_ratio > 0")
+        teacher = teacher_logits if self.cfg.kd_ratio > 0.0 else None
+        # the fused head's ZeRO-3 weights are held whole for the duration of the loss (a no-op for logits)
+        heads = [x.weight for x in (student_logits, teacher) if isinstance(x, HeadInput)]
+        heads += [x.bias for x in (student_logits, teacher) if isinstance(x, HeadInput) and x.bias is not None]
+        with gathered(heads):
+            return self._run(self._flatten(student_logits, teacher, labels, attention_mask), step_totals, accum)
+
+    def _run(self, flat: _Flat, step_totals: tuple[int, int] | None, accum: int) -> tuple[Tensor, LossStats]:
         cfg = self.cfg
         use_kd = cfg.kd_ratio > 0.0
-        if use_kd and teacher_logits is None:
-            raise ValueError("teacher logits are required when loss.kd_ratio > 0")
-        flat = self._flatten(student_logits, teacher_logits if use_kd else None, labels, attention_mask)
         rank, world = world_info()
         dev = flat.student.device
-        vs = flat.student.shape[-1]
-        size = chunk_rows(cfg.chunk_size, vs)
+        size = flat.student.chunk_rows(cfg.chunk_size)
 
         # the difficulty pass runs only when LATF or IDTS needs the scores (plain KD leaves the diff_* stats at 0)
         selective = use_kd and (cfg.use_latf or cfg.use_idts)
@@ -175,9 +198,9 @@ class AdaKDLoss(torch.nn.Module):
             raise ValueError("no valid token in the global micro-batch: every label is -100 (or masked out)")
         offset = sum(counts[:rank])
 
-        buffer = GradBuffer(flat.student)
+        buffer = flat.student.grad_buffer()
         stats = LossStats(loss=0.0, kd_loss=0.0, ce_loss=0.0, ratio=1.0, k=0, n=n_global)
-        kd_sum = torch.zeros((), dtype=work_dtype(flat.student), device=dev)
+        kd_sum = torch.zeros((), dtype=work_dtype(flat.student.dtype), device=dev)
         if use_kd:
             if selective:
                 rows, taus = self._select(flat, scores_local, counts, offset, stats)
@@ -217,7 +240,7 @@ class AdaKDLoss(torch.nn.Module):
         n_global, n_local = sum(counts), flat.valid_rows.numel()
         dev = flat.student.device
         if scores_local is None:  # the random indicator: one global draw, identical on every rank
-            dtype = work_dtype(flat.student)
+            dtype = work_dtype(flat.student.dtype)
             scores = torch.rand(n_global, generator=self.generator, dtype=torch.float64).to(dtype).to(dev)
         else:
             # collective 2: every rank's scores, in rank order = global token order
@@ -238,7 +261,6 @@ class AdaKDLoss(torch.nn.Module):
 
     def _kd_kernel(self, flat: _Flat, taus: Tensor | float):
         """Chunk kernel for sum tau^2 * d(tau): analytic gradient where the divergence has one, else autograd."""
-        vs = flat.student.shape[-1]
         teacher = flat.teacher
         analytic = self.divergence_with_grad
 
@@ -249,14 +271,14 @@ class AdaKDLoss(torch.nn.Module):
 
             def values(x: Tensor, chunk: RowChunk) -> Tensor:
                 tau = tau_column(tau_of(chunk), x)
-                t = chunk.take(teacher)[:, :vs].to(x.dtype)
+                t = teacher.take(chunk).to(x.dtype)
                 return tau.squeeze(-1).square() * self.divergence(x, t, tau.squeeze(-1))
 
             return autograd_kernel(values)
 
         def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
             tau = tau_column(tau_of(chunk), x)
-            t = chunk.take(teacher)[:, :vs].to(x.dtype)
+            t = teacher.take(chunk).to(x.dtype)
             vals, g, factor = analytic(x, t, tau, sink is not None)
             w = tau.square()
             if sink is not None:

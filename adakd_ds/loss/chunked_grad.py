@@ -172,3 +172,29 @@ class _BufferedGrad(torch.autograd.Function):
         if not (grad_out.numel() == 1 and float(grad_out) == 1.0):
             grad = grad * grad_out.to(grad.dtype)
         return grad, None, None
+
+
+class TensorRows:
+    """Logits that the model has already materialised ([T, V]): a chunk is a view (or a gather) of its rows.
+
+    The fused head (loss/fused_head.HeadRows) offers the same four members and makes each chunk's logits on demand.
+    """
+
+    def __init__(self, logits_flat: Tensor) -> None:
+        self.logits = logits_flat  # kept with its graph: the gradient buffer attaches to it
+        self.data = logits_flat.detach()
+        self.vocab = int(logits_flat.shape[-1])
+        self.dtype, self.device = logits_flat.dtype, logits_flat.device
+
+    def narrow(self, vocab: int) -> TensorRows:
+        """The first `vocab` columns (a teacher's padded vocab is sliced to the student's)."""
+        return TensorRows(self.data[:, :vocab])
+
+    def take(self, chunk: RowChunk) -> Tensor:
+        return chunk.take(self.data)
+
+    def chunk_rows(self, chunk_size: int) -> int:
+        return chunk_rows(chunk_size, self.vocab)
+
+    def grad_buffer(self) -> GradBuffer:
+        return GradBuffer(self.logits)

@@ -10,9 +10,10 @@ from torch import Tensor
 NEG_INF = float("-inf")
 
 
-def work_dtype(t: Tensor) -> torch.dtype:
+def work_dtype(t: Tensor | torch.dtype) -> torch.dtype:
     """float64 stays float64 (the reference tests); everything else is computed in float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def tempered_log_probs(logits: Tensor, tau: Tensor | float) -> Tensor:
@@ -24,6 +25,20 @@ def tempered_log_probs(logits: Tensor, tau: Tensor | float) -> Tensor:
     elif tau != 1.0:
         x = x / tau
     return torch.log_softmax(x, dim=-1)
+
+
+def tempered_probs_and_logs(logits: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+    """(softmax, log_softmax) of logits / tau (tau a [T, 1] column) with ONE exp per logit, not two.
+
+    Why: the loss is bound by exp arithmetic on CPU; log_softmax followed by exp(log p) takes two exps per logit,
+    while e = exp(x - max) gives both p = e / sum(e) and log p = (x - max) - log sum(e). A -inf logit (a mask) stays
+    p = 0, log p = -inf, as with log_softmax.
+    """
+    x = logits.to(work_dtype(logits)) / tau.to(work_dtype(logits))
+    x.sub_(x.amax(-1, keepdim=True))
+    e = x.exp()
+    total = e.sum(-1, keepdim=True)
+    return e.div_(total), x.sub_(total.log_())
 
 
 def tau_column(tau: Tensor | float, like: Tensor) -> Tensor:

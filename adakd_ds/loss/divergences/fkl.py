@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adakd_ds.loss.divergences._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
+from adakd_ds.loss.divergences._common import (
+    kl_from_logs,
+    row_dot,
+    tau_column,
+    tempered_log_probs,
+    tempered_probs_and_logs,
+)
 
 
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
@@ -23,14 +29,13 @@ def forward_kl_with_grad(
     The gradient is analytic, so no autograd graph (and its [c, V] saved tensors) is built.
     """
     tau_col = tau_column(tau, student_logits)
-    log_q = tempered_log_probs(student_logits, tau_col)
-    log_p = tempered_log_probs(teacher_logits, tau_col)
-    p = log_p.exp()
+    q, log_q = tempered_probs_and_logs(student_logits, tau_col)  # 2 exps per logit in all, not 4
+    p, log_p = tempered_probs_and_logs(teacher_logits, tau_col)
     diff = log_p.sub_(log_q)  # log p - log q
     values = row_dot(p, diff)
     if bool(torch.isnan(values).any()):  # -inf masks on both sides: 0 * (-inf - -inf); p = 0 contributes 0
         values = row_dot(p, diff.masked_fill_(p == 0, 0.0))
     if not want_grad:
         return values, None, tau_col
-    g = log_q.exp_().sub_(p)
+    g = q.sub_(p)
     return values, g, tau_col.reciprocal()

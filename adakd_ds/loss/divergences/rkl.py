@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adakd_ds.loss.divergences._common import kl_from_logs, row_dot, tau_column, tempered_log_probs
+from adakd_ds.loss.divergences._common import (
+    kl_from_logs,
+    row_dot,
+    tau_column,
+    tempered_log_probs,
+    tempered_probs_and_logs,
+)
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float = 1.0) -> Tensor:
@@ -20,9 +26,8 @@ def reverse_kl_with_grad(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(KL(q||p) per row, g, f) with d KL / d student_logits = f * g; g = q * ((log q - log p) - KL), f = 1 / tau."""
     tau_col = tau_column(tau, student_logits)
-    log_q = tempered_log_probs(student_logits, tau_col)
+    q, log_q = tempered_probs_and_logs(student_logits, tau_col)  # 2 exps per logit in all (1 here, 1 for log p)
     log_p = tempered_log_probs(teacher_logits, tau_col)
-    q = log_q.exp()
     diff = log_q.sub_(log_p)  # log q - log p
     values = row_dot(q, diff)
     if bool(torch.isnan(values).any()):  # -inf masks on both sides: q = 0 contributes 0
