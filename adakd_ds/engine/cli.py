@@ -57,11 +57,16 @@ def distill_main(argv: list[str] | None = None) -> int:
             return _fail("adakd-distill", ConfigError("--config needs a path"))
         config_path = argv[i + 1]
         del argv[i : i + 2]
+    from adakd_ds.engine.preflight import preflight
+
     try:
         cfg = load_config(config_path, _normalise_flags(argv))
         cfg.validate()
+        notes = preflight(cfg)  # paths, data files line by line, the output-dir lock: before any heavy import
     except (ConfigError, ValueError) as exc:
         return _fail("adakd-distill", exc)
+    if _rank() == 0:
+        print("preflight ok: " + "; ".join(notes), flush=True)
 
     from adakd_ds.engine.recipe import DistillRecipe
 

@@ -104,9 +104,11 @@ class DistillRecipe:
         # rank 0 tokenises and fills the datasets cache first; the others then read it instead of racing on it
         if self.rank != 0:
             _barrier()
-        self.dataset = build_dataset(cfg.data, self.tokenizer)
-        if self.rank == 0:
-            _barrier()
+        try:
+            self.dataset = build_dataset(cfg.data, self.tokenizer)
+        finally:  # even when it fails: the others then fail alike, and close()'s barrier pairs with theirs
+            if self.rank == 0:
+                _barrier()
         self.collate = Collator.for_tokenizer(self.tokenizer)
         self.global_micro = self.world * cfg.train.micro_batch
         self.sampler = GlobalBatchSampler(
