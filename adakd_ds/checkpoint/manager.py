@@ -102,6 +102,9 @@ def _step_of(tag_dir: Path) -> int:
         return -1
 
 
+step_of = _step_of  # the step number in a tag dir's name (-1 for anything else)
+
+
 def list_tags(root: Path) -> tuple[list[Path], list[Path]]:
     """(complete, partial) tag dirs under root, each sorted by step."""
     if not root.is_dir():
@@ -116,7 +119,7 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
         return None
     if spec == "auto":
         complete, partial = list_tags(Path(output_dir) / CKPT_DIRNAME)
-        newest = complete[-1] if complete else None
+        newest = followed_latest(Path(output_dir) / CKPT_DIRNAME, complete)
         skipped = [p.name for p in partial if newest is None or _step_of(p) > _step_of(newest)]
         if skipped:
             warnings.warn(f"ignoring partial checkpoint(s) {skipped} (interrupted while saving)", stacklevel=2)
@@ -134,6 +137,20 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
             f"--resume {spec}: only a partial checkpoint is there (no {MARKER}; it was interrupted while saving)"
         )
     raise CheckpointError(f"--resume {spec}: no checkpoint found in this directory")
+
+
+def followed_latest(root: Path, complete: list[Path]) -> Path | None:
+    """The tag `latest` names when it is complete (after a rollback it is NOT the highest step); else the newest
+    complete one, with a warning when `latest` pointed somewhere unusable."""
+    latest = root / LATEST
+    if latest.is_file():
+        tag = root / latest.read_text(encoding="utf-8").strip()
+        if tag in complete:
+            return tag
+        warnings.warn(
+            f"{latest} names {tag.name}, which is missing or incomplete: using the newest complete one", stacklevel=3
+        )
+    return complete[-1] if complete else None
 
 
 def read_marker(tag_dir: Path) -> dict[str, Any]:

@@ -17,12 +17,15 @@ import torch
 from adakd_ds.checkpoint.export import export_hf
 from adakd_ds.checkpoint.manager import CheckpointError, CheckpointManager, read_marker, resolve_resume
 from adakd_ds.checkpoint.reshard import load_resharded
+from adakd_ds.checkpoint.rollback import set_aside_newer
 from adakd_ds.config import LossConfig, Mode, RunConfig, config_to_dict, resolve_shipped_path, save_config
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
+from adakd_ds.engine.history_file import truncate_history
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.engine.optim_resume import OPTIMIZER_KEYS, apply_optimizer_settings
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
@@ -39,6 +42,7 @@ CONTINUATION_KEYS = (
     ("data", "max_prompt_len"),
     ("data", "max_len"),
     ("train", "seed"),
+    *OPTIMIZER_KEYS,  # restored from the optimizer state: a change is refused, or applied when forced
 )
 
 
@@ -82,12 +86,15 @@ class DistillRecipe:
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
+            self._after_resume(self.resume_dir)
         if self.rank == 0:
             save_config(cfg, str(self.out / "config.yaml"))
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
+        if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
+            truncate_history(self.out / "history.jsonl", self.global_step)
         self.history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
 
     def _setup_output_dir(self) -> None:
@@ -183,6 +190,15 @@ class DistillRecipe:
         note = f"resumed from {tag_dir} at step {self.global_step}"
         self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 
+    def _after_resume(self, tag_dir: Path) -> None:
+        """Forced optimizer changes take effect; a rollback sets the abandoned newer checkpoints aside (rank 0)."""
+        saved = json.loads((tag_dir / "trainer_state.json").read_text(encoding="utf-8")).get("config", {})
+        notes = [apply_optimizer_settings(self.engine, self.cfg, saved.get("train", {}))]
+        if self.rank == 0:
+            notes.append(set_aside_newer(tag_dir, self.out / "checkpoints"))
+        for note in filter(None, notes):
+            self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
+
     # --------------------------------------------------------------------------------------------------- one step
     def _step_totals(self, batches: list[dict[str, torch.Tensor]]) -> tuple[tuple[int, int], float]:
         """Global (k, N) over the optimizer step's micro-batches, known from the labels before any forward."""
@@ -267,6 +283,7 @@ class DistillRecipe:
                 "step": self.global_step,
                 "loss": step_loss,
                 "ratio": self.loss_fn.controller.ratio,
+                "lr": float(self.engine.get_lr()[0]),
                 "tokens": tokens,
                 "seconds": seconds,
             }
