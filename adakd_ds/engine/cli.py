@@ -68,6 +68,8 @@ def distill_main(argv: list[str] | None = None) -> int:
     if _rank() == 0:
         print("preflight ok: " + "; ".join(notes), flush=True)
 
+    from adakd_ds.engine.nan_guard import NonFiniteAbort
+    from adakd_ds.engine.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(cfg)
@@ -76,5 +78,8 @@ def distill_main(argv: list[str] | None = None) -> int:
         return recipe.train()
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
         return _fail("adakd-distill", exc)
+    except NonFiniteAbort as exc:  # agreed on every rank: one line, exit 1
+        _fail("adakd-distill", exc)
+        return EXIT_FAILED
     finally:
         recipe.close()

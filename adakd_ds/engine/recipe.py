@@ -25,6 +25,7 @@ from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_
 from adakd_ds.engine.history_file import truncate_history
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
+from adakd_ds.engine.nan_guard import NanGuard
 from adakd_ds.engine.optim_resume import OPTIMIZER_KEYS, apply_optimizer_settings
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.schedule import build_scheduler
@@ -92,6 +93,7 @@ class DistillRecipe:
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
+        self.nan_guard = NanGuard(cfg.train.max_bad_steps)
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
         if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
             truncate_history(self.out / "history.jsonl", self.global_step)
@@ -226,8 +228,14 @@ class DistillRecipe:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
         student_logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss, stats = self.loss_fn(
-            student_logits, teacher_logits, targets, step_totals=totals, accum=self.cfg.train.grad_accum
+        loss, stats = self.nan_guard.guarded_loss(
+            self.loss_fn,
+            self.global_step + 1,
+            student_logits,
+            teacher_logits,
+            targets,
+            step_totals=totals,
+            accum=self.cfg.train.grad_accum,
         )
         self.engine.backward(loss)
         self.engine.step()
@@ -251,10 +259,15 @@ class DistillRecipe:
             stats = [self._loss_step(b, totals) for b in batches]
             self.consumed_micro += accum
             self.global_step += 1
-            step_loss = sum(s.step_part for s in stats)
-            if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
-                self.loss_fn.controller.update(step_loss)
-            self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
+            skipped = self.nan_guard.end_step(self.global_step, self.engine.get_global_grad_norm(), stats)
+            if skipped:  # DeepSpeed made no update; LATF does not see the step either
+                self.metrics.write(skipped)
+                self.history.append({"step": self.global_step, "skipped": True, "lr": float(self.engine.get_lr()[0])})
+            else:
+                step_loss = sum(s.step_part for s in stats)
+                if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
+                    self.loss_fn.controller.update(step_loss)
+                self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
             self.preemption.note_step(self.global_step, self.rank)
@@ -292,6 +305,7 @@ class DistillRecipe:
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Sharded ZeRO-3 states + the training state; the teacher is never saved."""
+        self.nan_guard.check_weights(self.engine, self.global_step)  # never a checkpoint of non-finite weights
         epoch, micro = divmod(self.consumed_micro, self.sampler.steps_per_epoch)
         client_state = {
             "global_step": self.global_step,

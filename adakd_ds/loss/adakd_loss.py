@@ -59,9 +59,14 @@ class _Flat:
     valid_rows: Tensor  # [n_local] row indices
 
 
+class NonFiniteLogitsError(ValueError):
+    """Raised on every rank alike (the health flags travel in the loss's collectives); the trainer's NaN guard
+    turns it into a skipped step."""
+
+
 def _raise_if_bad(bad: list[int]) -> None:
     if bad:
-        raise ValueError(
+        raise NonFiniteLogitsError(
             f"non-finite (NaN/inf) logits on rank(s) {bad}: a NaN or +inf logit (or a -inf teacher logit where the "
             "student has mass) made the difficulty or the loss non-finite"
         )
