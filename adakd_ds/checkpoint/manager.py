@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from adakd_ds.checkpoint import save_errors
+
 CKPT_DIRNAME = "checkpoints"
 MARKER = "COMPLETE.json"
 LATEST = "latest"
@@ -183,20 +185,38 @@ class CheckpointManager:
             if tag_dir.exists() and not is_complete(tag_dir):
                 shutil.rmtree(tag_dir)  # a leftover of a crashed save: stale shards must not mix with new ones
         _barrier()
-        engine.save_checkpoint(str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
+        save_errors.maybe_fail_writes(engine, step, rank)
+        # a rank that leaves DeepSpeed's save early (a full disk) still matches its closing barrier
+        error = save_errors.run_step(
+            lambda: engine.save_checkpoint(
+                str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False
+            ),
+            after_failure=_barrier,
+        )
+        error = error or save_errors.run_step(lambda: torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt"))
         _maybe_inject_fault(step)
-        _barrier()
+        save_errors.agree(error, tag_dir)  # in place of a barrier: every rank learns whether any write failed
         if rank == 0:
-            if write_extras is not None:
-                write_extras(tag_dir)
-            atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
-            marker = {"step": step, "world_size": world, "time": time.time()}
-            atomic_write_text(tag_dir / MARKER, json.dumps(marker))
-            atomic_write_text(self.root / LATEST, tag_dir.name)
-            self._rotate()
-        _barrier()
+            error = save_errors.run_step(lambda: self._finish(tag_dir, step, world, client_state, write_extras))
+        save_errors.agree(error if rank == 0 else None, tag_dir)
         return tag_dir
+
+    def _finish(
+        self,
+        tag_dir: Path,
+        step: int,
+        world: int,
+        client_state: dict[str, Any],
+        write_extras: Callable[[Path], None] | None,
+    ) -> None:
+        """Rank 0, once every shard is on disk: metadata, the completion marker, then `latest`, then rotation."""
+        if write_extras is not None:
+            write_extras(tag_dir)
+        atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
+        marker = {"step": step, "world_size": world, "time": time.time()}
+        atomic_write_text(tag_dir / MARKER, json.dumps(marker))
+        atomic_write_text(self.root / LATEST, tag_dir.name)
+        self._rotate()
 
     def _rotate(self) -> None:
         complete, partial = list_tags(self.root)

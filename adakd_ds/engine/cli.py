@@ -68,6 +68,7 @@ def distill_main(argv: list[str] | None = None) -> int:
     if _rank() == 0:
         print("preflight ok: " + "; ".join(notes), flush=True)
 
+    from adakd_ds.checkpoint.save_errors import CheckpointSaveError
     from adakd_ds.engine.nan_guard import NonFiniteAbort
     from adakd_ds.engine.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
@@ -80,6 +81,10 @@ def distill_main(argv: list[str] | None = None) -> int:
         return _fail("adakd-distill", exc)
     except NonFiniteAbort as exc:  # agreed on every rank: one line, exit 1
         _fail("adakd-distill", exc)
+        return EXIT_FAILED
+    except CheckpointSaveError as exc:  # agreed on every rank; the lowest rank that failed names the path
+        if exc.report:
+            print(f"adakd-distill: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     finally:
         recipe.close()

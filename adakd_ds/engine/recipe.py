@@ -23,6 +23,7 @@ from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_f
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
 from adakd_ds.engine.history_file import truncate_history
+from adakd_ds.engine.launcher_watch import watch_launchers
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, unwrap
 from adakd_ds.engine.nan_guard import NanGuard
@@ -93,6 +94,7 @@ class DistillRecipe:
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
+        watch_launchers(self.preemption.request)  # a launcher that dies takes the preemption path, not orphans
         self.nan_guard = NanGuard(cfg.train.max_bad_steps)
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
         if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
