@@ -191,13 +191,16 @@ class CheckpointManager:
             lambda: engine.save_checkpoint(
                 str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False
             ),
+            tag_dir,
             after_failure=_barrier,
         )
-        error = error or save_errors.run_step(lambda: torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt"))
+        error = error or save_errors.run_step(lambda: torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt"), tag_dir)
         _maybe_inject_fault(step)
         save_errors.agree(error, tag_dir)  # in place of a barrier: every rank learns whether any write failed
         if rank == 0:
-            error = save_errors.run_step(lambda: self._finish(tag_dir, step, world, client_state, write_extras))
+            error = save_errors.run_step(
+                lambda: self._finish(tag_dir, step, world, client_state, write_extras), tag_dir
+            )
         save_errors.agree(error if rank == 0 else None, tag_dir)
         return tag_dir
 

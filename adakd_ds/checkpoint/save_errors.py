@@ -31,15 +31,20 @@ class CheckpointSaveError(RuntimeError):
         self.report = report
 
 
-def _free_space(path: Path) -> str:
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = shutil.disk_usage(probe).free
+        return shutil.disk_usage(probe).free
     except OSError:
-        return "free space unknown"
-    return f"{free / 2**20:.1f} MiB free there"
+        return None
+
+
+def _free_space(path: Path) -> str:
+    free = _free_bytes(path)
+    return "free space unknown" if free is None else f"{free / 2**20:.1f} MiB free there"
 
 
 def describe(exc: OSError, tag_dir: Path) -> str:
@@ -47,15 +52,34 @@ def describe(exc: OSError, tag_dir: Path) -> str:
     return f"saving checkpoint {tag_dir.name} failed: [Errno {exc.errno}] {exc.strerror}: {where} ({_free_space(Path(where))})"
 
 
-def run_step(action: Callable[[], Any], after_failure: Callable[[], None] | None = None) -> OSError | None:
-    """Run one write step of a save; an OSError is returned (then `after_failure`, to match collectives)."""
+# torch.save reports a failed write as RuntimeError ("iostream error", "unexpected pos"), without errno or path;
+# when it comes with less than this much space left where the checkpoint goes, it is a full disk.
+FULL_DISK_BYTES = 64 * 2**20
+
+
+def _as_full_disk(exc: RuntimeError, where: Path) -> OSError | None:
+    free = _free_bytes(where)
+    if free is None or free >= FULL_DISK_BYTES:
+        return None
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (torch.save: {str(exc).splitlines()[0]})", str(where))
+
+
+def run_step(action: Callable[[], Any], where: Path, after_failure: Callable[[], None] | None = None) -> OSError | None:
+    """Run one write step of a save into `where`; a write error is returned (after `after_failure`, which matches
+    the collectives the step skipped). Any other error (a lost rank, say) propagates as before."""
     try:
         action()
     except OSError as exc:
-        if after_failure is not None:
-            after_failure()
-        return exc
-    return None
+        error: OSError | None = exc
+    except RuntimeError as exc:
+        error = _as_full_disk(exc, where)
+        if error is None:
+            raise
+    else:
+        return None
+    if after_failure is not None:
+        after_failure()
+    return error
 
 
 def agree(error: OSError | None, tag_dir: Path) -> None:
