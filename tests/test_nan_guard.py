@@ -48,6 +48,7 @@ def test_guarded_loss_names_the_model_and_returns_a_nan_loss_on_the_student_grap
 def test_consecutive_bad_steps_abort_and_a_good_step_resets_the_count():
     guard = NanGuard(max_bad_steps=3)
     assert guard.end_step(1, 0.5, [object()]) is None
+    assert guard.end_step(1, None, [object()]) is None  # an optimizer that reports no norm: the loss decides
     assert "1 in a row, 1 in all" in guard.end_step(2, math.nan, [object()])
     assert "2 in a row, 2 in all" in guard.end_step(3, math.inf, [object()])
     assert guard.end_step(4, 0.7, [object()]) is None

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -91,6 +92,13 @@ def _maybe_inject_fault(step: int) -> None:
     _, rank, at_step = spec.split(":")
     if _rank_world()[0] == int(rank) and step == int(at_step):
         os._exit(13)
+
+
+def _maybe_kill_job(step: int, moment: str) -> None:
+    """ADAKD_FAULT="job_kill:<moment>:<step>": rank 0 SIGKILLs its whole process group (launcher and ranks: kill -9
+    of the job) at that moment of that step's save (tests only). Moments: shards, marker, latest."""
+    if os.environ.get(FAULT_ENV, "") == f"job_kill:{moment}:{step}" and _rank_world()[0] == 0:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def is_complete(tag_dir: Path) -> bool:
@@ -194,6 +202,7 @@ class CheckpointManager:
             tag_dir,
             after_failure=_barrier,
         )
+        _maybe_kill_job(step, "shards")
         error = error or save_errors.run_step(lambda: torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt"), tag_dir)
         _maybe_inject_fault(step)
         save_errors.agree(error, tag_dir)  # in place of a barrier: every rank learns whether any write failed
@@ -218,7 +227,9 @@ class CheckpointManager:
         atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
         marker = {"step": step, "world_size": world, "time": time.time()}
         atomic_write_text(tag_dir / MARKER, json.dumps(marker))
+        _maybe_kill_job(step, "marker")
         atomic_write_text(self.root / LATEST, tag_dir.name)
+        _maybe_kill_job(step, "latest")
         self._rotate()
 
     def _rotate(self) -> None:

@@ -1,6 +1,7 @@
 """Rollback: resuming from a checkpoint older than the newest complete one sets the newer ones aside.
 
-Why: after a deliberate rollback the abandoned run's later checkpoints used to stay in `checkpoints/`, where
+A rollback is deliberate (`--resume` of an older checkpoint), or `auto` following `latest` after a crash between a
+save's completion marker and its `latest` update. Why: after a rollback the abandoned run's later checkpoints used to stay in `checkpoints/`, where
 `--resume auto` could pick them (the highest step) and rotation counted them. They are moved, whole and untouched,
 to `checkpoints/abandoned/<time>/`, out of both, and the run says so in one line; `latest` is pointed at the
 checkpoint the run continues from, so an interruption before the next save resumes from there.
@@ -35,4 +36,4 @@ def set_aside_newer(resumed: Path, own_root: Path) -> str | None:
         tag.rename(dest / tag.name)
     atomic_write_text(root / LATEST, resumed.name)
     names = ", ".join(p.name for p in sorted(newer, key=step_of))
-    return f"rolled back to {resumed.name}: set aside the newer checkpoint(s) {names} in {dest}"
+    return f"resuming from {resumed.name}, not the newest: set aside the newer checkpoint(s) {names} in {dest}"

@@ -98,7 +98,7 @@ class NanGuard:
 
         Raises NonFiniteAbort after `max_bad_steps` consecutive bad steps. Every input is the same on every rank.
         """
-        norm_ok = grad_norm is not None and math.isfinite(float(grad_norm))
+        norm_ok = grad_norm is None or math.isfinite(float(grad_norm))  # None: this optimizer reports no norm
         if norm_ok and all(s is not None for s in stats):
             self.in_a_row = 0
             return None
