@@ -72,12 +72,21 @@ def _wait_for_descendants(grace: float) -> None:
                 pass
         except ChildProcessError:
             return
-        alive = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        alive = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.NoSuchProcess:
+                continue
         if not alive:
             return
         if time.monotonic() > deadline:
             for proc in alive:
-                proc.kill()
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    continue
         time.sleep(0.2)
 
 
@@ -96,7 +105,11 @@ def supervise(cmd: list[str], grace: float = 600.0) -> int:
                 pass
 
     try:
-        launcher = subprocess.Popen(cmd, env={**os.environ, STATUS_ENV: status_path}, start_new_session=True)
+        try:
+            launcher = subprocess.Popen(cmd, env={**os.environ, STATUS_ENV: status_path}, start_new_session=True)
+        except OSError as exc:
+            print(f"adakd-launch: error: cannot start {cmd[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+            return 2
         for sig in FORWARDED:
             signal.signal(sig, forward)
         code = launcher.wait()
