@@ -147,6 +147,8 @@ def launcher_cmd(kind: str, nproc: int, script: str = DISTILL) -> list[str]:
         ]
     if kind == "python":
         return [sys.executable, script]
+    if kind.startswith("adakd-"):  # adakd-deepspeed / adakd-torchrun: that launcher under adakd-launch
+        return [sys.executable, str(REPO / "launch" / "supervise.py"), *launcher_cmd(kind[6:], nproc, script)]
     raise ValueError(kind)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from adakd_ds.checkpoint import save_errors
 
 CKPT_DIRNAME = "checkpoints"
 MARKER = "COMPLETE.json"
@@ -91,6 +94,13 @@ def _maybe_inject_fault(step: int) -> None:
         os._exit(13)
 
 
+def _maybe_kill_job(step: int, moment: str) -> None:
+    """ADAKD_FAULT="job_kill:<moment>:<step>": rank 0 SIGKILLs its whole process group (launcher and ranks: kill -9
+    of the job) at that moment of that step's save (tests only). Moments: shards, marker, latest."""
+    if os.environ.get(FAULT_ENV, "") == f"job_kill:{moment}:{step}" and _rank_world()[0] == 0:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 def is_complete(tag_dir: Path) -> bool:
     return (tag_dir / MARKER).is_file()
 
@@ -100,6 +110,9 @@ def _step_of(tag_dir: Path) -> int:
         return int(tag_dir.name.split("_", 1)[1])
     except (IndexError, ValueError):
         return -1
+
+
+step_of = _step_of  # the step number in a tag dir's name (-1 for anything else)
 
 
 def list_tags(root: Path) -> tuple[list[Path], list[Path]]:
@@ -116,7 +129,7 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
         return None
     if spec == "auto":
         complete, partial = list_tags(Path(output_dir) / CKPT_DIRNAME)
-        newest = complete[-1] if complete else None
+        newest = followed_latest(Path(output_dir) / CKPT_DIRNAME, complete)
         skipped = [p.name for p in partial if newest is None or _step_of(p) > _step_of(newest)]
         if skipped:
             warnings.warn(f"ignoring partial checkpoint(s) {skipped} (interrupted while saving)", stacklevel=2)
@@ -134,6 +147,20 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
             f"--resume {spec}: only a partial checkpoint is there (no {MARKER}; it was interrupted while saving)"
         )
     raise CheckpointError(f"--resume {spec}: no checkpoint found in this directory")
+
+
+def followed_latest(root: Path, complete: list[Path]) -> Path | None:
+    """The tag `latest` names when it is complete (after a rollback it is NOT the highest step); else the newest
+    complete one, with a warning when `latest` pointed somewhere unusable."""
+    latest = root / LATEST
+    if latest.is_file():
+        tag = root / latest.read_text(encoding="utf-8").strip()
+        if tag in complete:
+            return tag
+        warnings.warn(
+            f"{latest} names {tag.name}, which is missing or incomplete: using the newest complete one", stacklevel=3
+        )
+    return complete[-1] if complete else None
 
 
 def read_marker(tag_dir: Path) -> dict[str, Any]:
@@ -166,20 +193,44 @@ class CheckpointManager:
             if tag_dir.exists() and not is_complete(tag_dir):
                 shutil.rmtree(tag_dir)  # a leftover of a crashed save: stale shards must not mix with new ones
         _barrier()
-        engine.save_checkpoint(str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt")
+        save_errors.maybe_fail_writes(engine, step, rank)
+        # a rank that leaves DeepSpeed's save early (a full disk) still matches its closing barrier
+        error = save_errors.run_step(
+            lambda: engine.save_checkpoint(
+                str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False
+            ),
+            tag_dir,
+            after_failure=_barrier,
+        )
+        _maybe_kill_job(step, "shards")
+        error = error or save_errors.run_step(lambda: torch.save(rng_state(), tag_dir / f"rng_rank{rank}.pt"), tag_dir)
         _maybe_inject_fault(step)
-        _barrier()
+        save_errors.agree(error, tag_dir)  # in place of a barrier: every rank learns whether any write failed
         if rank == 0:
-            if write_extras is not None:
-                write_extras(tag_dir)
-            atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
-            marker = {"step": step, "world_size": world, "time": time.time()}
-            atomic_write_text(tag_dir / MARKER, json.dumps(marker))
-            atomic_write_text(self.root / LATEST, tag_dir.name)
-            self._rotate()
-        _barrier()
+            error = save_errors.run_step(
+                lambda: self._finish(tag_dir, step, world, client_state, write_extras), tag_dir
+            )
+        save_errors.agree(error if rank == 0 else None, tag_dir)
         return tag_dir
+
+    def _finish(
+        self,
+        tag_dir: Path,
+        step: int,
+        world: int,
+        client_state: dict[str, Any],
+        write_extras: Callable[[Path], None] | None,
+    ) -> None:
+        """Rank 0, once every shard is on disk: metadata, the completion marker, then `latest`, then rotation."""
+        if write_extras is not None:
+            write_extras(tag_dir)
+        atomic_write_text(tag_dir / STATE_FILE, json.dumps(_jsonable(client_state), indent=2, sort_keys=True))
+        marker = {"step": step, "world_size": world, "time": time.time()}
+        atomic_write_text(tag_dir / MARKER, json.dumps(marker))
+        _maybe_kill_job(step, "marker")
+        atomic_write_text(self.root / LATEST, tag_dir.name)
+        _maybe_kill_job(step, "latest")
+        self._rotate()
 
     def _rotate(self) -> None:
         complete, partial = list_tags(self.root)

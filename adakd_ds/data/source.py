@@ -81,9 +81,31 @@ def _check_all(records: Iterable[tuple[str, Any]], fmt: DataFormat, where: str) 
     return resolved
 
 
+def _decode_line(raw: bytes, path: str, lineno: int) -> str:
+    """UTF-8 text of one line; a bad byte is named by file, line and column (not a buffer offset)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+
+
+def _read_utf8(path: str) -> str:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
 def _jsonl_records(path: str, lines_out: list[int]) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode_line(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -98,8 +120,7 @@ def _prevalidate_json_file(path: str, fmt: DataFormat) -> tuple[DataFormat, Call
     """Check a local .json/.jsonl file; return the format and a record-index -> 'file:line' (or record) namer."""
     kind = EXTENSIONS[os.path.splitext(path)[1].lower()]
     if kind is SourceKind.JSON:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = _read_utf8(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -200,3 +221,13 @@ def dataset_fingerprint(data_cfg: DataConfig, source: str | None = None, split: 
         "max_len": data_cfg.max_len,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def precheck_source(source: str, fmt: DataFormat) -> DataFormat | None:
+    """The cheap check a run does before any model is built: the file exists, and a local .json/.jsonl file is
+    read line by line (UTF-8, JSON, the fields of its format). Returns the detected format, or None for parquet
+    and hub data, which are only checked when datasets loads them."""
+    kind = source_kind(source)
+    if kind in (SourceKind.JSON, SourceKind.JSONL):
+        return _prevalidate_json_file(source, fmt)[0]
+    return None

@@ -57,12 +57,20 @@ def distill_main(argv: list[str] | None = None) -> int:
             return _fail("adakd-distill", ConfigError("--config needs a path"))
         config_path = argv[i + 1]
         del argv[i : i + 2]
+    from adakd_ds.engine.preflight import preflight
+
     try:
         cfg = load_config(config_path, _normalise_flags(argv))
         cfg.validate()
+        notes = preflight(cfg)  # paths, data files line by line, the output-dir lock: before any heavy import
     except (ConfigError, ValueError) as exc:
         return _fail("adakd-distill", exc)
+    if _rank() == 0:
+        print("preflight ok: " + "; ".join(notes), flush=True)
 
+    from adakd_ds.checkpoint.save_errors import CheckpointSaveError
+    from adakd_ds.engine.nan_guard import NonFiniteAbort
+    from adakd_ds.engine.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(cfg)
@@ -71,5 +79,12 @@ def distill_main(argv: list[str] | None = None) -> int:
         return recipe.train()
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
         return _fail("adakd-distill", exc)
+    except NonFiniteAbort as exc:  # agreed on every rank: one line, exit 1
+        _fail("adakd-distill", exc)
+        return EXIT_FAILED
+    except CheckpointSaveError as exc:  # agreed on every rank; the lowest rank that failed names the path
+        if exc.report:
+            print(f"adakd-distill: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     finally:
         recipe.close()

@@ -61,7 +61,8 @@ class MetricsLogger:
         if log_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=log_dir)
+            # a resumed run purges the events of the steps it trains again (they were lost with the crash)
+            self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
         self._extras: dict[str, str] = {}
         self._t0 = time.perf_counter()

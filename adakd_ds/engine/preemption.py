@@ -22,7 +22,7 @@ DRILL_ENV = "ADAKD_PREEMPT_AT_STEP"  # "STEP" or "STEP:RANK": act as if signalle
 class PreemptionWatch:
     """Catches SIGTERM/SIGUSR1; a second signal while saving is absorbed, so it cannot corrupt the checkpoint."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGINT: a Ctrl-C checkpoints too
 
     def __init__(self) -> None:
         self.requested = False
@@ -43,6 +43,11 @@ class PreemptionWatch:
         if step == int(at_step) and (not at_rank or rank == int(at_rank)):
             self.requested = True
             self.signal_name = self.signal_name or "drill"
+
+    def request(self, reason: str) -> None:
+        """Preempt for a reason other than a signal (the launcher is gone); safe from any thread."""
+        self.requested = True
+        self.signal_name = self.signal_name or reason
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():

@@ -7,6 +7,7 @@ forward and every collective in the same order, including a rank whose micro-bat
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from adakd_ds.checkpoint.export import export_hf
 from adakd_ds.checkpoint.manager import CheckpointError, CheckpointManager, read_marker, resolve_resume
 from adakd_ds.checkpoint.reshard import load_resharded
+from adakd_ds.checkpoint.rollback import set_aside_newer
 from adakd_ds.config import (
     ConfigError,
     FusedHead,
@@ -31,8 +33,12 @@ from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_f
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
 from adakd_ds.engine.heldout import HeldoutEval
+from adakd_ds.engine.history_file import truncate_history
+from adakd_ds.engine.launcher_watch import watch_launchers
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
+from adakd_ds.engine.nan_guard import NanGuard
+from adakd_ds.engine.optim_resume import OPTIMIZER_KEYS, apply_optimizer_settings
 from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.responses import ResponseProvider
 from adakd_ds.engine.run_summary import run_summary
@@ -54,6 +60,7 @@ CONTINUATION_KEYS = (
     ("data", "max_prompt_len"),
     ("data", "max_len"),
     ("train", "seed"),
+    *OPTIMIZER_KEYS,  # restored from the optimizer state: a change is refused, or applied when forced
 )
 
 
@@ -114,13 +121,18 @@ class DistillRecipe:
         self.responses = ResponseProvider(cfg, self.tokenizer, self.collate, self.sampler, self.rank, self.total_steps)
         if self.resume_dir is not None:
             self._load_checkpoint(self.resume_dir)
+            self._after_resume(self.resume_dir)
             self.stages.done(Stage.RESUME, self.metrics_note or "")
         if self.rank == 0:
             save_config(cfg, str(self.out / "config.yaml"), omit=("loss",) if cfg.mode is Mode.SFT else ())
         tb_dir = str(self.out / "tensorboard") if cfg.output.tensorboard else None
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
+        watch_launchers(self.preemption.request)  # a launcher that dies takes the preemption path, not orphans
+        self.nan_guard = NanGuard(cfg.train.max_bad_steps)
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
+        if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
+            truncate_history(self.out / "history.jsonl", self.global_step)
         self.history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
 
     def _setup_output_dir(self) -> None:
@@ -137,9 +149,11 @@ class DistillRecipe:
         # rank 0 tokenises and fills the datasets cache first; the others then read it instead of racing on it
         if self.rank != 0:
             _barrier()
-        self.dataset = build_dataset(cfg.data, self.tokenizer)
-        if self.rank == 0:
-            _barrier()
+        try:
+            self.dataset = build_dataset(cfg.data, self.tokenizer)
+        finally:  # even when it fails: the others then fail alike, and close()'s barrier pairs with theirs
+            if self.rank == 0:
+                _barrier()
         self.collate = Collator.for_tokenizer(self.tokenizer)
         self.global_micro = self.world * cfg.train.micro_batch
         self.sampler = GlobalBatchSampler(
@@ -215,6 +229,15 @@ class DistillRecipe:
         note = f"resumed from {tag_dir} at step {self.global_step}"
         self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
 
+    def _after_resume(self, tag_dir: Path) -> None:
+        """Forced optimizer changes take effect; a rollback sets the abandoned newer checkpoints aside (rank 0)."""
+        saved = json.loads((tag_dir / "trainer_state.json").read_text(encoding="utf-8")).get("config", {})
+        notes = [apply_optimizer_settings(self.engine, self.cfg, saved.get("train", {}))]
+        if self.rank == 0:
+            notes.append(set_aside_newer(tag_dir, self.out / "checkpoints"))
+        for note in filter(None, notes):
+            self.metrics_note = f"{self.metrics_note}; {note}" if self.metrics_note else note
+
     # --------------------------------------------------------------------------------------------------- one step
     def _step_totals(self, batches: list[dict[str, torch.Tensor]]) -> tuple[tuple[int, int], float]:
         """Global (k, N) over the optimizer step's micro-batches, known from the labels before any forward."""
@@ -244,8 +267,9 @@ class DistillRecipe:
         student_logits = model_output(self.engine, input_ids, attention_mask, self.fused_head)
         if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens (unfused)
             student_logits = student_logits[..., : self.vocab.student_width]
-        loss, stats = call_loss(  # = self.loss_fn(...); a fused student's loss runs as its lm_head's forward
-            self.engine, self.loss_fn, student_logits, teacher_logits, targets, step_totals=totals,
+        guarded = functools.partial(self.nan_guard.guarded_loss, self.loss_fn, self.global_step + 1)
+        loss, stats = call_loss(  # = guarded(...); a fused student's loss runs as its lm_head's forward
+            self.engine, guarded, student_logits, teacher_logits, targets, step_totals=totals,
             accum=self.cfg.train.grad_accum,
         )
         self.engine.backward(loss)
@@ -271,11 +295,16 @@ class DistillRecipe:
             stats = [self._loss_step(b, totals) for b in batches]
             self.consumed_micro += accum
             self.global_step += 1
-            step_loss = sum(s.step_part for s in stats)
-            if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
-                self.loss_fn.controller.update(step_loss)
-            self._heldout_eval()
-            self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
+            skipped = self.nan_guard.end_step(self.global_step, self.engine.get_global_grad_norm(), stats)
+            if skipped:  # DeepSpeed made no update; LATF does not see the step either
+                self.metrics.write(skipped)
+                self.history.append({"step": self.global_step, "skipped": True, "lr": float(self.engine.get_lr()[0])})
+            else:
+                step_loss = sum(s.step_part for s in stats)
+                if self.loss_fn.cfg.use_latf and self.loss_fn.cfg.kd_ratio > 0:
+                    self.loss_fn.controller.update(step_loss)
+                self._heldout_eval()
+                self._log(stats[-1], step_loss, step_tokens, time.perf_counter() - t0)
             if cfg.output.save_interval > 0 and self.global_step % cfg.output.save_interval == 0:
                 self.save_checkpoint()
             self.preemption.note_step(self.global_step, self.rank)
@@ -308,6 +337,7 @@ class DistillRecipe:
                 "step": self.global_step,
                 "loss": step_loss,
                 "ratio": self.loss_fn.controller.ratio,
+                "lr": float(self.engine.get_lr()[0]),
                 "tokens": tokens,
                 "seconds": seconds,
                 **{k: v for k, v in scalars.items() if k.startswith(("policy/", "eval/"))},
@@ -327,6 +357,7 @@ class DistillRecipe:
     # ---------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
         """Sharded ZeRO-3 states + the training state; the teacher is never saved."""
+        self.nan_guard.check_weights(self.engine, self.global_step)  # never a checkpoint of non-finite weights
         epoch, micro = divmod(self.consumed_micro, self.sampler.steps_per_epoch)
         client_state = {
             "global_step": self.global_step,

@@ -74,9 +74,14 @@ def _rows_of(x: Tensor | HeadInput, who: str) -> tuple[Rows, tuple[int, ...]]:
     return TensorRows(x.reshape(-1, x.shape[-1])), tuple(x.shape[:-1])
 
 
+class NonFiniteLogitsError(ValueError):
+    """Raised on every rank alike (the health flags travel in the loss's collectives); the trainer's NaN guard
+    turns it into a skipped step."""
+
+
 def _raise_if_bad(bad: list[int]) -> None:
     if bad:
-        raise ValueError(
+        raise NonFiniteLogitsError(
             f"non-finite (NaN/inf) logits on rank(s) {bad}: a NaN or +inf logit (or a -inf teacher logit where the "
             "student has mass) made the difficulty or the loss non-finite"
         )

@@ -1,0 +1,8 @@
+"""Entry script for `python launch/supervise.py deepspeed|torchrun ...` (the adakd-launch console script)."""
+
+import sys
+
+from adakd_ds.engine.supervisor import main
+
+if __name__ == "__main__":
+    sys.exit(main())
