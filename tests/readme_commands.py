@@ -55,6 +55,7 @@ WRAPPERS: dict[str, tuple[frozenset[str], int]] = {
     "nice": (frozenset({"-n", "--adjustment"}), 0),
     "timeout": (frozenset({"-s", "--signal", "-k", "--kill-after"}), 1),
     "env": (frozenset({"-u", "--unset"}), 0),
+    "adakd-launch": (frozenset(), 0),  # our supervisor: the launcher command behind it is what gets checked
 }
 REDIRECT = re.compile(r"^(\d?>>?|<|&>)(.*)$")  # `> file`, `2>/dev/null`, `>>log`, `2>&1`
 
@@ -194,7 +195,7 @@ def classify(word: str) -> Program | None:
 @contextlib.contextmanager
 def _stop_after_parsing() -> Iterator[io.StringIO]:
     """Every argparse parser, and the trainer's config loading, stops with ParsedOK once its arguments are read."""
-    from adakd_ds.engine import recipe
+    from adakd_ds.engine import preflight, recipe
 
     orig_parse, orig_known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
     depth = [0]
@@ -217,7 +218,11 @@ def _stop_after_parsing() -> Iterator[io.StringIO]:
         def __init__(self, cfg) -> None:  # noqa: ANN001
             raise ParsedOK("adakd-distill")
 
-    err, saved_argv, saved_recipe = io.StringIO(), sys.argv, recipe.DistillRecipe
+    def _preflight(cfg):  # noqa: ANN001, ANN202  (the README's model and data paths are examples, not files here)
+        raise ParsedOK("adakd-distill")
+
+    err, saved_argv, saved_recipe, saved_preflight = io.StringIO(), sys.argv, recipe.DistillRecipe, preflight.preflight
+    preflight.preflight = _preflight
     argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
     argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     recipe.DistillRecipe = _Recipe  # type: ignore[misc, assignment]
@@ -228,6 +233,7 @@ def _stop_after_parsing() -> Iterator[io.StringIO]:
         sys.argv = saved_argv
         argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = orig_parse, orig_known
         recipe.DistillRecipe = saved_recipe  # type: ignore[misc]
+        preflight.preflight = saved_preflight
 
 
 def _last_line(text: str) -> str:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from adakd_ds.loss.adakd_loss import NonFiniteLogitsError
-from adakd_ds.loss.fused_head import HeadInput
+from adakd_ds.loss.fused_head import HeadInput, gathered
 
 # Drills: "teacher|student:STEP[:RANK]" makes that model's logits NaN at that step; "weights:STEP[:RANK]" puts an
 # inf into that rank's weight partition before the save of that step.
@@ -69,9 +69,10 @@ def _inject(which: str, step: int, out: Output | None) -> Output | None:
 
 
 def _finite(out: Output) -> bool:
-    """From a fused head: its hidden states and, where this rank holds it whole, its weight."""
+    """From a fused head: its hidden states and its whole weight (a ZeRO-3 gather: every rank gets here alike)."""
     if isinstance(out, HeadInput):
-        return bool(torch.isfinite(out.hidden).all()) and bool(torch.isfinite(out.weight).all())
+        with gathered([out.weight]):
+            return bool(torch.isfinite(out.hidden).all()) and bool(torch.isfinite(out.weight).all())
     return bool(torch.isfinite(out).all())
 
 
