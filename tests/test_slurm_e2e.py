@@ -181,7 +181,7 @@ def test_usr1_preemption_requeues_resumes_and_matches_an_uninterrupted_run(
         "preemption requested (SIGUSR1): saving",  # rank 0 got the signal itself, not only via the other rank
         f"adakd: preempted (exit code 75); requeueing job {job_id}",
         f"adakd: job {job_id} restart 1 ",  # the rerun sees SLURM_RESTART_COUNT=1
-        f"at step {stopped}",  # "resumed from <out>/checkpoints/step_... at step N"
+        f"step_{stopped:08d} at step {stopped}",  # "resumed from <out>/checkpoints/step_... at step N"
         "adakd: finished",
     ]
     positions = [text.find(s) for s in expected]
