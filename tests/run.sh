@@ -9,7 +9,9 @@ bash launch/install.sh
 export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check adakd_ds launch tests bench
 set +e
-python -m pytest -q --durations=15 "$@"
+# Two workers: most tests wait on subprocess start-up and collectives, so 2 cores run two of them well. The local
+# Slurm cluster is one per machine: its tests share one worker (xdist_group "slurm"). ADAKD_TEST_WORKERS=0: serial.
+python -m pytest -q --durations=15 -n "${ADAKD_TEST_WORKERS:-2}" --dist loadgroup "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

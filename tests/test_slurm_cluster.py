@@ -17,7 +17,7 @@ from adakd_ds.slurm.render import Accelerator, Launcher, SlurmJob, render_sbatch
 from adakd_ds.slurm.submit import submit_main
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (provides `slurm_cluster`)
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one local cluster at a time
 
 GLOO_CHECK = """
 import os, torch, torch.distributed as dist

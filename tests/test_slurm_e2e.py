@@ -24,7 +24,7 @@ import torch
 from tests.engine_fixtures import TinySetup, read_history, run_env, run_launch, write_run_config
 from tests.slurm_cluster import FINAL_STATES, SlurmCluster, slurm_cluster_fixture  # noqa: F401  (`slurm_cluster`)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one local cluster at a time
 
 REPO = Path(__file__).resolve().parents[1]
 _CONSOLE_SCRIPT = Path(sys.executable).parent / "adakd-submit"
