@@ -302,6 +302,12 @@ NUMERIC_RANGES: dict[str, Range] = {
     "train.grad_accum": AT_LEAST_1,
     "train.seed": NON_NEGATIVE,
     "train.max_bad_steps": AT_LEAST_1,
+    "train.eval_interval": NON_NEGATIVE,  # 0: only at the end
+    "policy.gkd_alpha": UNIT,
+    "policy.capacity": AT_LEAST_1,
+    "policy.init_threshold": UNIT,
+    "policy.threshold_step": UNIT,
+    "policy.loss_eps": NON_NEGATIVE,
     "output.log_interval": AT_LEAST_1,
     "output.save_interval": NON_NEGATIVE,
     "output.keep_last": AT_LEAST_1,
