@@ -18,7 +18,8 @@ from adakd_ds.config import Divergence, load_config
 from adakd_ds.experiments import grid as experiment
 from adakd_ds.experiments import pipeline
 from adakd_ds.experiments.grid import Cell, GridError, GridSpec, Variant, build_spec, cell_config
-from adakd_ds.experiments.report import CellResult, Status, aggregate, results_markdown, write_reports
+from adakd_ds.experiments.grid_reports import write_reports
+from adakd_ds.experiments.report import CellResult, Status, aggregate, results_markdown
 
 # ------------------------------------------------------------------------------------------------ variants
 
@@ -112,6 +113,7 @@ def test_grid_file_then_command_line(tmp_path: Path) -> None:
         ("embedded: true\n", {"base_config": "x.yaml"}, "choose exactly one of --embedded"),
         ("base_config: x.yaml\nfast: true\n", {}, "only apply with --embedded"),
         ("embedded: true\nseeds: [1, -2]\n", {}, "seeds must be >= 0"),
+        ("embedded: true\nteacher_steps: 5\n", {}, "only applies with --retrain-teacher"),
         ("- a list\n", {}, "top level must be a mapping"),
     ],
 )
@@ -387,7 +389,7 @@ def test_tiny_real_grid_on_the_embedded_default(tmp_path: Path) -> None:
     few steps, one rank; then a rerun that must not start any stage."""
     out = tmp_path / "grid"
     argv = ["--embedded", "--fast", "--out", str(out), "--losses", "rkl", "--variants", "base", "adakd",
-            "--seeds", "3", "--nproc", "1", "--teacher-steps", "6", "--student-init-steps", "2",
+            "--seeds", "3", "--nproc", "1", "--student-init-steps", "2",
             "--student-steps", "3", "--eval-seeds", "1", "--max-new-tokens", "8"]  # fmt: skip
     assert experiment.main(argv) == 0
     with open(out / "results.csv", newline="") as fh:
@@ -402,7 +404,12 @@ def test_tiny_real_grid_on_the_embedded_default(tmp_path: Path) -> None:
         assert cfg["loss"]["adakd"] is (r["variant"] == "adakd") and cfg["train"]["seed"] == 3
         assert any(f.startswith("events.out.tfevents") for f in os.listdir(Path(r["cell_dir"]) / "tensorboard"))
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| rkl |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| rkl |" in md
+    for name in ("teacher", "untrained student", "SFT student"):  # the reference rows, from their own evaluations
+        assert f"| {name} |" in md, md
+    sft = json.loads((out / "references" / "eval" / "SFT_student-0" / "eval_sampled" / "results.json").read_text())
+    assert f"{sft['rougeL']['mean']:.2f}" in md
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
     t0 = time.perf_counter()
     assert experiment.main(argv) == 0

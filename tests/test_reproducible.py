@@ -78,7 +78,7 @@ def test_environment_names_what_a_rerun_elsewhere_must_match():
 @pytest.mark.slow
 def test_a_training_stage_gives_the_same_model_whatever_the_callers_threads(tmp_path, monkeypatch):
     """SFT of a quickstart-shaped model (hidden 96, 2 layers) on 2 ranks; unpinned, OMP 2 vs 1 changed the weights."""
-    from adakd_ds.experiments.quickstart import llama_config
+    from adakd_ds.experiments.testbed import llama_config
 
     setup = build_tiny_setup(tmp_path / "setup", n_records=64)
     cfg_dir = tmp_path / "student_config"

@@ -62,8 +62,10 @@ def test_test_split_is_stable_when_train_grows():
 
 
 def test_every_family_present_and_answers_correct():
-    records = generate_records(1600, seed=7)
-    assert {r["task"] for r in records} == {t.value for t in Task}
+    from adakd_ds.experiments.synthetic_tasks import CLASSIC
+
+    records = generate_records(1600, seed=7)  # the default: the deterministic families
+    assert {r["task"] for r in records} == {t.value for t in CLASSIC}
     for r in records:
         assert set(r) == {"instruction", "input", "output", "task"}
         assert r["output"] == _solve(r["task"], r["input"]), r
@@ -114,3 +116,54 @@ def test_tokenizer_is_deterministic_loads_offline_and_keeps_responses_short(tmp_
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer(["abc"], str(tmp_path / "c"), vocab_size=100)
+
+
+def test_stochastic_records_are_valid_and_vary():
+    from adakd_ds.experiments.synthetic_tasks import STOCHASTIC, is_valid
+
+    records = generate_records(800, seed=3, tasks=sorted(STOCHASTIC))
+    assert all(is_valid(r["task"], r["input"], r["output"]) for r in records)
+    for task in STOCHASTIC:  # one prompt, several different correct answers: that is what KD can transfer
+        by_prompt: dict[str, set[str]] = {}
+        for r in records:
+            if r["task"] == task.value:
+                by_prompt.setdefault(r["input"], set()).add(r["output"])
+        assert max(map(len, by_prompt.values())) >= 2 or task.value in ("any_order", "pick2"), task
+    shuffled = [r for r in records if r["task"] == "any_order"]
+    assert sum(r["output"] != r["input"] for r in shuffled) > len(shuffled) // 2  # not just the input order
+
+
+@pytest.mark.parametrize(
+    ("task", "inp", "response", "valid"),
+    [
+        ("any_order", "cat dog egg", "egg cat dog", True),
+        ("any_order", "cat dog egg", "egg cat", False),
+        ("any_order", "cat dog egg", "egg cat cat", False),
+        ("pick2", "cat dog egg fox", "dog fox", True),
+        ("pick2", "cat dog egg fox", "fox dog", False),  # input order
+        ("pick2", "cat dog egg fox", "dog dog", False),
+        ("name3", "b", "bee bat bull", True),
+        ("name3", "b", "bee bee bull", False),
+        ("name3", "b", "bee cat bull", False),
+        ("sentence", "cat", "the big cat {v} in the {p}", True),
+        ("sentence", "cat", "the big dog {v} in the {p}", False),
+        ("reverse", "a b c", "c b a", True),
+        ("reverse", "a b c", "a b c", False),
+        ("caesar", "zoo", "app", True),
+        ("nth", "2: cat dog egg", "dog", True),
+    ],
+)
+def test_is_valid_against_hand_made_answers(task, inp, response, valid):
+    from adakd_ds.experiments.synthetic_tasks import ANIMAL_TABLE, is_valid
+
+    verbs, places = ANIMAL_TABLE["cat"]
+    assert is_valid(task, inp, response.format(v=verbs[0], p=places[-1])) is valid
+
+
+def test_solve_matches_the_independent_solver():
+    from adakd_ds.experiments.synthetic_tasks import solve
+
+    for r in generate_records(400, seed=11):
+        assert solve(r["task"], r["input"]) == _solve(r["task"], r["input"]), r
+    with pytest.raises(ValueError, match="no single answer"):
+        solve("pick2", "a b c")

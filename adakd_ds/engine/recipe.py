@@ -269,7 +269,12 @@ class DistillRecipe:
             student_logits = student_logits[..., : self.vocab.student_width]
         guarded = functools.partial(self.nan_guard.guarded_loss, self.loss_fn, self.global_step + 1)
         loss, stats = call_loss(  # = guarded(...); a fused student's loss runs as its lm_head's forward
-            self.engine, guarded, student_logits, teacher_logits, targets, step_totals=totals,
+            self.engine,
+            guarded,
+            student_logits,
+            teacher_logits,
+            targets,
+            step_totals=totals,
             accum=self.cfg.train.grad_accum,
         )
         self.engine.backward(loss)
@@ -340,7 +345,7 @@ class DistillRecipe:
                 "lr": float(self.engine.get_lr()[0]),
                 "tokens": tokens,
                 "seconds": seconds,
-                **{k: v for k, v in scalars.items() if k.startswith(("policy/", "eval/"))},
+                **{k: v for k, v in scalars.items() if k.startswith(("policy/", "eval/", "idts/tau"))},
             }
         )
 

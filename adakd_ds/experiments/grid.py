@@ -4,22 +4,19 @@ Each cell (loss, variant, seed) is an ordinary launch/distill.py run (``pipeline
 (``pipeline.evaluate``): a grid measures what a user's own runs would. Stages skip work already on disk, so rerunning
 continues an interrupted grid; a failed cell is reported and the grid goes on (unless --fail-fast). The tables are
 rebuilt from every results.json in <out>/cells/<loss>-<variant>-s<seed>, earlier invocations' cells included; each
-cell has its own tensorboard/, so ``tensorboard --logdir <out>/cells`` shows one run per cell.
+cell has its own tensorboard/, so ``tensorboard --logdir <out>/cells`` shows one run per cell. The cells and options
+are in grid_spec.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
-import enum
-import itertools
 import json
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,185 +24,34 @@ import yaml
 
 from adakd_ds.config import ConfigError, Mode, config_to_dict, load_config
 from adakd_ds.experiments import pipeline
-from adakd_ds.experiments.methods import Method, method_fields
-from adakd_ds.experiments.report import CellResult, Status, cell_result, eval_note, expected_eval, write_reports
+from adakd_ds.experiments.grid_reports import write_reports
+from adakd_ds.experiments.grid_spec import (  # noqa: F401 - re-exported: the grid's public names live here too
+    VARIANT_LABELS,
+    VARIANT_LOSS,
+    Cell,
+    GridError,
+    GridSpec,
+    Variant,
+    build_parser,
+    build_spec,
+    cell_config,
+)
+from adakd_ds.experiments.methods import Method
+from adakd_ds.experiments.report import (
+    CellResult,
+    ReferenceRow,
+    Status,
+    cell_result,
+    eval_note,
+    expected_eval,
+    mean_std,
+)
 
-
-class Variant(str, enum.Enum):
-    BASE = "base"  # the plain divergence
-    ADAKD = "adakd"  # + LATF + IDTS (the method)
-    LATF = "latf"  # LATF only: adaptive token selection at a fixed temperature
-    IDTS = "idts"  # IDTS only: every token, per-token temperature
-    FLIPPED = "flipped"  # full AdaKD with inverse_sign=false: hard tokens get a HIGH temperature (the paper's ablation)
-
-
-# The loss-section fields each variant sets; every other field comes from the base run config unchanged.
-VARIANT_LOSS: dict[Variant, dict[str, bool]] = {
-    Variant.BASE: {"adakd": False},
-    Variant.ADAKD: {"adakd": True, "latf": True, "idts": True, "inverse_sign": True},
-    Variant.LATF: {"adakd": True, "latf": True, "idts": False},
-    Variant.IDTS: {"adakd": True, "latf": False, "idts": True, "inverse_sign": True},
-    Variant.FLIPPED: {"adakd": True, "latf": True, "idts": True, "inverse_sign": False},
-}
-VARIANT_LABELS: dict[Variant, str] = {Variant.BASE: "base", Variant.ADAKD: "+AdaKD", Variant.LATF: "+LATF only",
-                                     Variant.IDTS: "+IDTS only", Variant.FLIPPED: "+AdaKD, flipped sign"}  # fmt: skip
-
-
-class GridError(ValueError):
-    """A grid file or option that cannot run; the message names the key or file."""
+EMBEDDED_EVAL_INTERVAL = 25  # steps between held-out evaluations of an embedded cell
 
 
 class StaleError(RuntimeError):
     """Results on disk that were made with other settings than the ones asked for now."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    loss: Method  # a divergence, or gkd / distillm (experiments/methods.py)
-    variant: Variant
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.loss.value}-{self.variant.value}-s{self.seed}"
-
-    @classmethod
-    def parse(cls, name: str) -> Cell | None:
-        """The cell of a folder name, or None for anything else (by enum lookup, never by substring)."""
-        parts = name.split("-")
-        if len(parts) != 3 or not parts[2].startswith("s") or not parts[2][1:].isdigit():
-            return None
-        try:
-            return cls(Method(parts[0]), Variant(parts[1]), int(parts[2][1:]))
-        except ValueError:
-            return None
-
-
-def cell_config(template: dict[str, Any], cell: Cell, cells_dir: Path, heldout: Path | None = None) -> dict[str, Any]:
-    """The cell's run config: the template with the method's fields, the variant's loss fields, the seed and the dir."""
-    cfg = copy.deepcopy(template)
-    cfg["mode"] = Mode.DISTILL.value
-    for section, values in method_fields(cell.loss, template, heldout).items():
-        cfg.setdefault(section, {}).update(values)
-    cfg.setdefault("loss", {}).update(VARIANT_LOSS[cell.variant])
-    cfg.setdefault("train", {})["seed"] = cell.seed
-    # tensorboard on: the grid promises one TensorBoard run per cell
-    cfg.setdefault("output", {}).update(dir=str(cells_dir / cell.name), tensorboard=True)
-    return cfg
-
-
-def _choice(kind: type[enum.Enum]) -> Any:
-    """An argparse type for an enum, shared by the command line and the grid file."""
-
-    def convert(value: Any) -> Any:
-        try:
-            return value if isinstance(value, kind) else kind(str(value).strip().lower())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} (choose from {', '.join(m.value for m in kind)})") from None
-
-    return convert
-
-
-def _parse_block(block: str) -> tuple[list[Method], list[Variant]]:
-    losses, sep, variants = block.partition(":")
-    if not sep or not losses.strip() or not variants.strip():
-        raise argparse.ArgumentTypeError(f"{block!r} must look like LOSS[,LOSS]:VARIANT[,VARIANT], e.g. rkl:flipped")
-    return [_choice(Method)(x) for x in losses.split(",")], [_choice(Variant)(x) for x in variants.split(",")]
-
-
-def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A GridSpec field that is also its command-line option and grid-file key (metadata = argparse kwargs)."""
-    if isinstance(default, bool):
-        argparse_kwargs["action"] = "store_true"
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **argparse_kwargs})
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
-
-
-_INT: dict[str, Any] = {"type": int}
-_SEEDS: dict[str, Any] = {"nargs": "+", "type": int}
-
-
-@dataclass
-class GridSpec:
-    """What to run: defaults, then a --grid YAML file, then the command line (last wins); fields = options."""
-
-    out: str = _opt("experiment_out", "grid output folder; rerun the same command to continue")
-    losses: list[Method] = _opt([Method.RKL, Method.FKL], "base losses or methods: " + " ".join(Method),
-                                nargs="+", type=_choice(Method))  # fmt: skip
-    variants: list[Variant] = _opt([Variant.BASE, Variant.ADAKD], "variants: " + " ".join(Variant), nargs="+",
-                                   type=_choice(Variant))  # fmt: skip
-    also: list[str] = _opt([], "an extra block LOSS[,LOSS]:VARIANT[,VARIANT] (repeatable)", action="append")
-    seeds: list[int] = _opt([1, 2, 3], "training seeds (train.seed of each cell)", **_SEEDS)
-    nproc: int | None = _opt(None, "ranks per stage (default: the plan's with --embedded, else 1)", **_INT)
-    embedded: bool = _opt(False, "the quickstart's offline data, SFT teacher and student SFT init")
-    embedded_dir: str | None = _opt(None, "where the embedded teacher and init live (default <out>/embedded)")
-    fast: bool = _opt(False, "the quickstart's FAST plan sizes")
-    base_config: str | None = _opt(None, "a run-config YAML (mode: distill) for your dataset and model pair")
-    eval_data: str | None = _opt(None, "evaluation file (default: the embedded test split, or data.eval_source)")
-    greedy: bool = _opt(False, "one greedy pass instead of sampling over --eval-seeds")
-    eval_seeds: list[int] | None = _opt(None, "sampling seeds of the evaluation", **_SEEDS)
-    max_new_tokens: int | None = _opt(None, "generation length (default 32 embedded, else 256)", **_INT)
-    max_prompt_len: int | None = _opt(None, "prompt cut (default: the run config's)", **_INT)
-    eval_teacher: bool = _opt(False, "also score each cell's KD divergences to the teacher")
-    teacher_steps: int | None = _opt(None, "embedded: teacher SFT steps", **_INT)
-    student_init_steps: int | None = _opt(None, "embedded: student SFT init steps", **_INT)
-    student_steps: int | None = _opt(None, "steps of each cell (train.max_steps)", **_INT)
-    fail_fast: bool = _opt(False, "stop the grid at the first failed cell")
-    verbose: bool = _opt(False, "stream each stage's output (default: only to its log file)")
-
-    def cells(self) -> list[Cell]:
-        blocks = [(self.losses, self.variants), *(_parse_block(b) for b in self.also)]
-        cells = (Cell(*c) for losses, variants in blocks for c in itertools.product(losses, variants, self.seeds))
-        return list(dict.fromkeys(cells))  # first-seen order, no duplicates
-
-
-OPTIONS: dict[str, dict[str, Any]] = {f.name: dict(f.metadata) for f in dataclasses.fields(GridSpec)}
-
-
-def _from_yaml(key: str, value: Any, where: str) -> Any:
-    opt = OPTIONS[key]
-    try:
-        if opt.get("action") == "store_true":
-            if not isinstance(value, bool):
-                raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
-            return value
-        convert = opt.get("type", str)
-        if "nargs" in opt or opt.get("action") == "append":
-            return [convert(v) for v in (value if isinstance(value, list) else [value])]
-        return None if value is None else convert(value)
-    except (argparse.ArgumentTypeError, ValueError) as exc:
-        raise GridError(f"{where}: '{key}': {exc}") from None
-
-
-def build_spec(grid_file: str | None, cli: dict[str, Any]) -> GridSpec:
-    """Defaults < the YAML grid file < the command line; an unknown key is an error naming it."""
-    spec = GridSpec()
-    if grid_file:
-        try:
-            data = yaml.safe_load(Path(grid_file).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise GridError(f"{grid_file}: cannot read the grid file: {exc}") from None
-        if not isinstance(data, dict):
-            raise GridError(f"{grid_file}: the top level must be a mapping of grid settings")
-        for raw_key, value in data.items():
-            key = str(raw_key).replace("-", "_")
-            if key not in OPTIONS:
-                raise GridError(f"{grid_file}: unknown grid key '{raw_key}' (known: {', '.join(OPTIONS)})")
-            setattr(spec, key, _from_yaml(key, value, grid_file))
-    for key, value in cli.items():
-        setattr(spec, key, value)
-    if spec.embedded == bool(spec.base_config):
-        raise GridError("choose exactly one of --embedded (the quickstart's data and models) and --base-config FILE")
-    if not spec.embedded and (spec.teacher_steps or spec.student_init_steps or spec.fast or spec.embedded_dir):
-        raise GridError("--teacher-steps, --student-init-steps, --fast and --embedded-dir only apply with --embedded")
-    if not spec.seeds or not spec.losses or not spec.variants or min(spec.seeds + (spec.eval_seeds or [0])) < 0:
-        raise GridError("losses, variants and seeds must each name at least one value, and seeds must be >= 0")
-    try:
-        spec.cells()  # checks the --also blocks
-    except argparse.ArgumentTypeError as exc:
-        raise GridError(f"also: {exc}") from None
-    return spec
 
 
 @dataclass
@@ -217,6 +63,9 @@ class Setup:
     nproc: int  # training ranks
     eval_kwargs: dict[str, Any]  # pipeline.evaluate's nproc, greedy, seeds, max_new_tokens, max_prompt_len, teacher
     heldout: Path | None = None  # the held-out file of the distillm rows (when the template names none)
+    # reference rows (embedded only): a name -> finished models, or run configs to train first (one per seed)
+    references: dict[str, list[Path | dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    title: str | None = None  # the chart's: what was measured on what
 
     def eval_dir(self, cell_dir: Path) -> Path:
         """Greedy and sampled results live apart, so switching --greedy never reuses the other's numbers."""
@@ -255,32 +104,55 @@ def train_checked(cfg: dict[str, Any], nproc: int, name: str, quiet: bool, done:
     return out / "export" if done else pipeline.train(cfg, nproc, name, quiet=quiet)
 
 
-@dataclass
-class _CheckedStages:
-    """The stage runner that quickstart.train_shared expects, with train_checked's guard against stale models."""
-
-    nproc: int
-    quiet: bool
-
-    def train(self, name: str, cfg: dict[str, Any]) -> Path:
-        print(f"-- {name} ({cfg['train']['max_steps']} steps; skipped when done)", flush=True)
-        return train_checked(cfg, self.nproc, name, self.quiet)
-
-
 def _embedded_setup(spec: GridSpec, out: Path, quiet: bool) -> Setup:
-    """The quickstart's data, tokenizer, SFT teacher and student SFT init (its own code, trained once and shared by
-    every cell); each cell is the quickstart's student config with the cell's loss."""
-    from adakd_ds.experiments.quickstart import FAST, FULL, prepare, student_config, train_shared
+    """The testbed's data and teacher (shipped, or retrained once into --embedded-dir), shared by every cell; each
+    cell is the quickstart's student run with the cell's loss. Every cell also logs the held-out loss (the
+    testbed's val split) every EMBEDDED_EVAL_INTERVAL steps, which gives the KL curves."""
+    from adakd_ds.experiments.quickstart import prepare, run_config
+    from adakd_ds.experiments.testbed import FAST, FULL, teacher_run_config
 
     steps = {k: getattr(spec, k) for k in ("teacher_steps", "student_init_steps", "student_steps")}
     plan = dataclasses.replace(FAST if spec.fast else FULL, **{k: v for k, v in steps.items() if v is not None})
     home = Path(spec.embedded_dir).resolve() if spec.embedded_dir else out / "embedded"
-    paths = prepare(home, plan)
-    teacher, init = train_shared(home, paths, plan, _CheckedStages(spec.nproc or plan.nproc, quiet))
-    template = student_config(out / "cells", paths, plan, init, teacher)
+    nproc = spec.nproc or plan.nproc
+    paths = prepare(home, plan, spec.retrain_teacher)
+    if spec.retrain_teacher:
+        paths["teacher"] = train_checked(teacher_run_config(home, paths, plan), plan.nproc, "teacher SFT", quiet)
+    init = run_config(home / "student_init", paths, plan, seed=0, init=True)
+    paths["init"] = train_checked(init, plan.nproc, "student SFT init", quiet)  # the quickstart's, at its ranks
+    # the plan's global batch whatever the ranks: --nproc 1 runs two grids side by side on 2 cores
+    plan = dataclasses.replace(plan, micro_batch=plan.micro_batch * plan.nproc // nproc)
+    template = run_config(out / "cells", paths, plan, seed=0)
+    template["data"]["eval_source"] = str(paths["val"])
+    template["train"]["eval_interval"] = EMBEDDED_EVAL_INTERVAL
     eval_data = Path(spec.eval_data).resolve() if spec.eval_data else paths["test"]
-    kwargs = _eval_kwargs(spec, plan.seeds, 32, plan.max_len // 2, teacher, spec.nproc or plan.eval_nproc)
-    return Setup(template, eval_data, spec.nproc or plan.nproc, kwargs, heldout=paths["val"])
+    kwargs = _eval_kwargs(spec, plan.eval_seeds, plan.max_new_tokens, plan.max_len // 2, paths["teacher"],
+                          spec.nproc or plan.eval_nproc)  # fmt: skip
+    sft = []
+    for seed in spec.seeds:  # the SFT student of every training seed: the baseline distillation has to beat
+        cfg = run_config(out / "references" / f"sft-s{seed}", paths, plan, seed)
+        cfg["mode"] = Mode.SFT.value
+        sft.append(cfg)
+    references: dict[str, list[Path | dict[str, Any]]] = {
+        "teacher": [paths["teacher"]], "untrained student": [paths["untrained"]], "SFT student": sft}  # fmt: skip
+    title = (f"Miniature Table 1: {eval_data.name} of the testbed, {len(plan.tasks)} task families; "
+             f"students {plan.student_hidden}x{plan.student_layers} distilled for {plan.student_steps} steps")  # fmt: skip
+    return Setup(template, eval_data, nproc, kwargs, heldout=paths["val"], references=references, title=title)
+
+
+def reference_row(name: str, items: list[Path | dict[str, Any]], setup: Setup, out: Path, quiet: bool) -> ReferenceRow:
+    """Train (run configs) and evaluate a reference row; the mean and std are over its models (training seeds), or
+    over the evaluation seeds for a single model."""
+    results = []
+    for k, item in enumerate(items):
+        model = train_checked(item, setup.nproc, f"{name} {k + 1}", quiet) if isinstance(item, dict) else item
+        where = out / "references" / "eval" / f"{name.replace(' ', '_')}-{k}"
+        results.append(pipeline.evaluate(model, setup.eval_data, setup.eval_dir(where), name=f"eval {name}",
+                                         quiet=quiet, **setup.eval_kwargs))  # fmt: skip
+    if len(results) == 1:
+        return ReferenceRow.from_results(name, results[0])
+    rouge, em = (mean_std([r[m]["mean"] for r in results]) for m in ("rougeL", "exact_match"))
+    return ReferenceRow(name, *rouge, *em, len(results))
 
 
 _PATH_KEYS = (("model", "teacher"), ("model", "student"), ("model", "student_config"), ("model", "tokenizer"),
@@ -352,6 +224,7 @@ def run_grid(spec: GridSpec) -> int:
     out, cells, quiet, t0 = Path(spec.out).resolve(), spec.cells(), not spec.verbose, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     setup = _embedded_setup(spec, out, quiet) if spec.embedded else _config_setup(spec)
+    references = [reference_row(n, items, setup, out, quiet) for n, items in setup.references.items()]
     print(f"grid: {len(cells)} cells, {setup.nproc} rank(s) each, setup {time.perf_counter() - t0:.0f} s")
     ran: dict[Cell, CellResult] = {}
     for i, cell in enumerate(cells, 1):
@@ -368,22 +241,13 @@ def run_grid(spec: GridSpec) -> int:
     rows = collect(out, cells, ran, setup)
     losses = list(dict.fromkeys([c.loss.value for c in cells] + [r.loss for r in rows]))
     variants = [(v.value, VARIANT_LABELS[v]) for v in Variant if any(r.variant == v.value for r in rows)]
-    markdown = write_reports(out, rows, losses, variants, eval_note(setup.eval_kwargs))
+    markdown = write_reports(out, rows, losses, variants, eval_note(setup.eval_kwargs), references, setup.title)
     print("\n" + markdown)
     print(f"results: {out}/results.md, results.csv, results_aggregate.csv, results.png\n"
           f"TensorBoard, one run per cell: tensorboard --logdir {out}/cells")  # fmt: skip
     bad = [r for r in rows[: len(cells)] if r.status is not Status.DONE]
     print(f"grid finished in {time.perf_counter() - t0:.0f} s; {len(cells) - len(bad)}/{len(cells)} cells done")
     return 1 if bad else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)  # given only
-    p.add_argument("--grid", default=None, help="a YAML file with any of the options below (as keys)")
-    for key, opt in OPTIONS.items():
-        p.add_argument("--" + key.replace("_", "-"), **opt)
-    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
-"""The offline quickstart: embedded data -> tokenizer -> SFT teacher -> students (SFT, rkl, rkl+AdaKD) -> table.
+"""The offline quickstart on the testbed: data -> teacher (shipped) -> students (SFT, KD, KD+AdaKD) x seeds -> table.
 
-Nothing is downloaded and nothing outside the output folder is read. Students follow the MiniLLM / DistiLLM protocol:
-one SFT initialisation, then the same number of further steps with labels (the SFT baseline), with RKL, or with
-RKL + AdaKD, so that the rows differ only in the loss.
+Nothing is downloaded and nothing outside the output folder and the package is read. Every student starts from
+the same untrained initialisation of its seed and trains the same steps on the same distillation split, with labels
+(SFT), with pure reverse KL (``kd_ratio`` 1.0, the paper's setting), or with reverse KL + AdaKD, so the rows differ
+only in the loss. The table gives the mean and std over training seeds and says whether KD beats SFT by more than
+2 std, and whether the teacher is at least twice the SFT student on every family.
 """
 
 from __future__ import annotations
@@ -13,132 +15,74 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from adakd_ds.experiments.pipeline import evaluate, evaluated, train, trained
 from adakd_ds.experiments.reproducible import environment, overridden
 from adakd_ds.experiments.stage_clock import StageClock
-from adakd_ds.experiments.synthetic_tasks import generate_splits, write_jsonl
+from adakd_ds.experiments.task_metrics import ModelScores, model_scores, sanity_lines, scores_table
+from adakd_ds.experiments.testbed import (
+    FAST,
+    FULL,
+    Plan,
+    ShippedTeacherError,
+    ship,
+    shipped_teacher,
+    teacher_run_config,
+    train_tokenizer_for,
+    write_data,
+    write_models,
+)
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Plan:
-    """Sizes and step counts; FULL fits 10 minutes on 2 CPU cores, FAST is the CI smoke version."""
-
-    n_train: int = 4000
-    n_test: int = 200
-    vocab: int = 384
-    teacher_hidden: int = 192
-    teacher_layers: int = 3
-    student_hidden: int = 96
-    student_layers: int = 2
-    teacher_steps: int = 900
-    student_init_steps: int = 150
-    student_steps: int = 250
-    kd_ratio: float = 0.5  # distilled students also see the labels (torchtune's default); 1.0 is pure KD
-    micro_batch: int = 16
-    teacher_lr: float = 1.5e-3  # 3e-3 and 6e-3 learned less in the same steps
-    student_lr: float = 2e-3
-    nproc: int = 2  # ranks per training stage
-    eval_nproc: int = 1  # evaluation of these tiny models is fastest in-process
-    seeds: tuple[int, ...] = (1, 2, 3)
-    max_len: int = 80
+# the student rows: the run-config fields each sets on top of student_config()
+STUDENT_ROWS: dict[str, dict[str, Any]] = {
+    "student SFT": {"mode": "sft", "loss": {"divergence": "rkl", "adakd": False}},
+    "student KD (rkl)": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": False}},
+    "student KD (rkl) + AdaKD": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": True}},
+}
 
 
-FULL = Plan()
-FAST = Plan(
-    n_train=800, n_test=48, teacher_hidden=96, teacher_layers=2, student_hidden=32, student_layers=1,
-    teacher_steps=300, student_init_steps=10, student_steps=10, seeds=(1,),
-)  # fmt: skip
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def llama_config(vocab: int, hidden: int, layers: int) -> Any:
-    """The small Llama shape used for the embedded default (and the step benchmark)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32),
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=False,
-    )
-
-
-def prepare(out: Path, plan: Plan) -> dict[str, Path]:
-    """Data splits, the sentencepiece tokenizer and the two model configs (idempotent)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adakd_ds.experiments.tokenizer_train import train_tokenizer
-
-    paths = {name: out / "data" / f"{name}.jsonl" for name in ("train", "val", "test")}
-    if not paths["test"].is_file():
-        splits = generate_splits(plan.n_train, plan.n_test, plan.n_test, seed=0)
-        for name, records in splits.items():
-            write_jsonl(records, str(paths[name]))
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        train_tokenizer(str(paths["train"]), str(tok_dir), vocab_size=plan.vocab)
-    vocab = len(AutoTokenizer.from_pretrained(str(tok_dir)))
-    for role, hidden, layers in (
-        ("teacher", plan.teacher_hidden, plan.teacher_layers),
-        ("student", plan.student_hidden, plan.student_layers),
-    ):
-        cfg_dir = out / "configs" / role
-        if not (cfg_dir / "config.json").is_file():
-            llama_config(vocab, hidden, layers).save_pretrained(cfg_dir)
-        paths[f"{role}_config"] = cfg_dir
-    untrained = out / "student_untrained"
-    if not (untrained / "model.safetensors").is_file():
-        import torch
-
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(llama_config(vocab, plan.student_hidden, plan.student_layers)).save_pretrained(
-            untrained
-        )
-        AutoTokenizer.from_pretrained(str(tok_dir)).save_pretrained(untrained)
-    paths["untrained"] = untrained
-    paths["tokenizer"] = tok_dir
+def prepare(out: Path, plan: Plan, retrain_teacher: bool) -> dict[str, Path]:
+    """Data, tokenizer (the shipped teacher's, or a fresh one to retrain with), model configs, untrained student."""
+    paths = write_data(out, plan)
+    if retrain_teacher:
+        paths["tokenizer"] = train_tokenizer_for(out, paths["teacher_train"], plan)
+    else:
+        paths["tokenizer"] = paths["teacher"] = shipped_teacher(plan)
+    paths.update(write_models(out, plan, paths["tokenizer"]))
     return paths
 
 
-def run_config(
-    out_dir: Path, paths: dict[str, Path], plan: Plan, steps: int, lr: float | None = None, **model: str
-) -> dict[str, Any]:
-    """A run config (YAML layout) on the embedded data; lr defaults to the plan's student lr."""
+def run_config(out_dir: Path, paths: dict[str, Path], plan: Plan, seed: int, init: bool = False) -> dict[str, Any]:
+    """A student row / grid cell in the YAML layout, on the distillation split: from the shared SFT init
+    (``paths["init"]``), or with ``init`` the SFT init itself (from the untrained student config); the caller sets
+    mode and loss."""
+    start = {"student_config": str(paths["student_config"])} if init else {"student": str(paths["init"])}
+    steps = plan.student_init_steps if init else plan.student_steps
     return {
-        "mode": "sft",
-        "model": {"tokenizer": str(paths["tokenizer"]), **model},
+        "mode": "sft" if init else "distill",
+        "model": {"tokenizer": str(paths["tokenizer"]), **start, "teacher": str(paths["teacher"])},
         "data": {"source": str(paths["train"]), "max_prompt_len": plan.max_len // 2, "max_len": plan.max_len},
-        "loss": {"divergence": "rkl", "adakd": False},
+        "loss": {"divergence": "rkl", "adakd": False, "kd_ratio": plan.kd_ratio},
         "train": {
-            "lr": plan.student_lr if lr is None else lr,
+            "lr": plan.student_lr,
             "max_steps": steps,
             "micro_batch": plan.micro_batch,
             "warmup_ratio": 0.05,
-            "seed": 0,
-        },
+            "seed": seed,
+        },  # fmt: skip
         "output": {"dir": str(out_dir), "log_interval": 10, "save_interval": 0, "keep_last": 1},
     }
 
 
-STUDENT_ROWS = {
-    "student SFT": {"mode": "sft", "loss": {"divergence": "rkl", "adakd": False}},
-    "student rkl": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": False}},
-    "student rkl+AdaKD": {"mode": "distill", "loss": {"divergence": "rkl", "adakd": True}},
-}
-
-
-class _Stages:
+class Stages:
     """Numbers the stages in the output, so the user sees where the 10 minutes go; a stage found done says so, and
     keeps the time of the run that did it (StageClock)."""
 
@@ -164,60 +108,68 @@ class _Stages:
         return self.step(name, detail, evaluated(out), lambda: evaluate(model, data, out, name=name, **kwargs))
 
 
-def train_shared(out: Path, paths: dict[str, Path], plan: Plan, stage: _Stages) -> tuple[Path, Path]:
-    """The SFT teacher and the SFT-initialised student that every student row (or grid cell) starts from."""
-    teacher_cfg = run_config(
-        out / "teacher", paths, plan, plan.teacher_steps, plan.teacher_lr, student_config=str(paths["teacher_config"])
-    )
-    teacher = stage.train("teacher SFT", teacher_cfg)
-    init_cfg = run_config(
-        out / "student_init", paths, plan, plan.student_init_steps, student_config=str(paths["student_config"])
-    )
-    return teacher, stage.train("student SFT init", init_cfg)
+def train_teacher(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages, ship_it: bool) -> Path:
+    """--retrain-teacher: the teacher's SFT run, cached in ``out`` under its settings' key; --ship-teacher then
+    copies it into the package."""
+    export = stage.train("teacher SFT", teacher_run_config(out, paths, plan))
+    if ship_it:
+        print(f"quickstart: shipped the teacher to {ship(export, plan)}", flush=True)
+    return export
 
 
-def student_config(out_dir: Path, paths: dict[str, Path], plan: Plan, init: Path, teacher: Path) -> dict[str, Any]:
-    """A student row / grid cell: continues from the SFT init for plan.student_steps; the caller sets mode and loss."""
-    cfg = run_config(out_dir, paths, plan, plan.student_steps, student=str(init), teacher=str(teacher))
-    cfg["loss"]["kd_ratio"] = plan.kd_ratio
-    return cfg
+def train_init(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages) -> Path:
+    """The SFT initialisation every student row continues from."""
+    return stage.train("student SFT init", run_config(out / "student_init", paths, plan, seed=0, init=True))
 
 
-def run(out: Path, plan: Plan, quiet: bool = False) -> tuple[list[dict[str, Any]], StageClock]:
+def train_students(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages) -> dict[str, list[Path]]:
+    """Every student row x training seed (each skipped when its export is on disk)."""
+    models: dict[str, list[Path]] = {}
+    for name, change in STUDENT_ROWS.items():
+        for seed in plan.train_seeds:
+            cfg = run_config(out / "students" / f"{slug(name)}-s{seed}", paths, plan, seed)
+            cfg["mode"] = change["mode"]
+            cfg["loss"].update(change["loss"])
+            models.setdefault(name, []).append(stage.train(f"{name} seed {seed}", cfg))
+    return models
+
+
+def evaluate_model(name: str, models: list[Path], paths: dict[str, Path], plan: Plan, out: Path,
+                   stage: Stages) -> ModelScores:  # fmt: skip
+    """Greedy and sampled evaluation of each seed's model (KL to the teacher from the sampled pass's loss)."""
+    common = {"nproc": plan.eval_nproc, "max_new_tokens": plan.max_new_tokens, "max_prompt_len": plan.max_len // 2}
+    greedy, sampled = [], []
+    for k, model in enumerate(models):
+        tag = f"{slug(name)}-{k}" if len(models) > 1 else slug(name)
+        label = f"{name} #{k + 1}" if len(models) > 1 else name
+        greedy.append(stage.evaluate(f"eval {label} greedy", model, paths["test"], out / "eval" / f"{tag}_greedy",
+                                     greedy=True, **common))  # fmt: skip
+        sampled_dir = out / "eval" / f"{tag}_sampled"
+        stage.evaluate(f"eval {label} sampled", model, paths["test"], sampled_dir, seeds=plan.eval_seeds,
+                       teacher=paths["teacher"], **common)  # fmt: skip
+        sampled.append(sampled_dir)
+    return model_scores(name, greedy, sampled, paths["test"])
+
+
+def run(
+    out: Path, plan: Plan, quiet: bool = False, retrain_teacher: bool = False, ship_teacher: bool = False
+) -> tuple[list[ModelScores], StageClock]:
     """Every stage (each skipped when its result is on disk); the table's rows and the stages' times."""
     clock = StageClock(out / "stage_times.json")
-    stage = _Stages(plan.nproc, quiet, clock)
-    prepared = (out / "student_untrained" / "model.safetensors").is_file()  # prepare() writes it last
-    paths = stage.step("prepare", "data, tokenizer, model configs", prepared, lambda: prepare(out, plan))
-    teacher, init = train_shared(out, paths, plan, stage)
-    models = {"teacher": teacher, "student untrained": paths["untrained"]}
-    for name, change in STUDENT_ROWS.items():
-        cfg = student_config(out / name.replace(" ", "_").replace("+", "_"), paths, plan, init, teacher)
-        cfg["mode"] = change["mode"]
-        cfg["loss"].update(change["loss"])
-        models[name] = stage.train(name, cfg)
-    rows = []
-    for name, model in models.items():
-        slug = name.replace(" ", "_").replace("+", "_")
-        common = {"nproc": plan.eval_nproc, "max_new_tokens": 32, "max_prompt_len": plan.max_len // 2}
-        greedy = stage.evaluate(
-            f"eval {name} greedy", model, paths["test"], out / "eval" / f"{slug}_greedy", greedy=True, **common
-        )
-        sampled = stage.evaluate(
-            f"eval {name} sampled", model, paths["test"], out / "eval" / f"{slug}_sampled", seeds=plan.seeds, **common
-        )
-        rows.append(
-            {
-                "model": name,
-                "rougeL_greedy": greedy["rougeL"]["mean"],
-                "exact_match_greedy": greedy["exact_match"]["mean"],
-                "rougeL_sampled": sampled["rougeL"]["mean"],
-                "rougeL_sampled_std": sampled["rougeL"].get("std"),
-                "exact_match_sampled": sampled["exact_match"]["mean"],
-            }
-        )
+    stage = Stages(plan.nproc, quiet, clock)
+    prepared = (out / "student_untrained" / "model.safetensors").is_file()  # write_models() writes it last
+    source = "a fresh tokenizer" if retrain_teacher else "the shipped teacher's tokenizer"
+    paths = stage.step("prepare", f"data, {source}, model configs", prepared,
+                       lambda: prepare(out, plan, retrain_teacher))  # fmt: skip
+    if retrain_teacher:
+        paths["teacher"] = train_teacher(out, paths, plan, stage, ship_teacher)
+    paths["init"] = train_init(out, paths, plan, stage)
+    models = {"teacher": [paths["teacher"]], "student untrained": [paths["untrained"]]}
+    models.update(train_students(out, paths, plan, stage))
+    rows = [evaluate_model(name, paths_, paths, plan, out, stage) for name, paths_ in models.items()]
     total, _ = clock.total()
-    summary = {"plan": dataclasses.asdict(plan), "rows": rows, "seconds": total.wall_s if total else None}
+    summary = {"plan": dataclasses.asdict(plan), "rows": [dataclasses.asdict(r) for r in rows],
+               "seconds": total.wall_s if total else None, "teacher": str(paths["teacher"])}  # fmt: skip
     summary["environment"] = environment()  # what a rerun elsewhere must match to reproduce the table
     (out / "quickstart_results.json").write_text(json.dumps({**summary, "times": clock.summary()}, indent=2))
     return rows, clock
@@ -235,38 +187,32 @@ def time_report(clock: StageClock, this_run_s: float) -> str:
     return spent
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}"
-
-    lines = [
-        "| model | ROUGE-L (greedy) | exact match (greedy) | ROUGE-L (sampled, T=1) | exact match (sampled) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        std = r["rougeL_sampled_std"]
-        sampled = pct(r["rougeL_sampled"]) + (f" ± {std:.2f}" if std else "")
-        lines.append(
-            f"| {r['model']} | {pct(r['rougeL_greedy'])} | {pct(r['exact_match_greedy'])} | {sampled} | "
-            f"{pct(r['exact_match_sampled'])} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="quickstart_out", help="everything is written here; rerun to continue")
-    ap.add_argument("--fast", action="store_true", help="the reduced CI version (a minute, not a result)")
+    ap.add_argument("--fast", action="store_true", help="the reduced CI version (one training seed, one sampling seed)")
     ap.add_argument("--nproc", type=int, default=None, help="ranks per training stage (default 2)")
     ap.add_argument("--quiet", action="store_true", help="stage output to log files only")
+    ap.add_argument("--retrain-teacher", action="store_true",
+                    help="train the teacher here (cached in --out) instead of using the shipped one")  # fmt: skip
+    ap.add_argument("--ship-teacher", action="store_true",
+                    help="with --retrain-teacher: copy the trained teacher into the package (maintainers)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.ship_teacher and not args.retrain_teacher:
+        ap.error("--ship-teacher needs --retrain-teacher")
     plan = FAST if args.fast else FULL
     if args.nproc:
         plan = dataclasses.replace(plan, nproc=args.nproc)
     for change in overridden(os.environ):
         print(f"quickstart: {change} for every stage, so that the results are the same run to run", flush=True)
     t0 = time.perf_counter()
-    rows, clock = run(Path(args.out).resolve(), plan, quiet=args.quiet)  # stages run from the repo root
-    print("\n" + format_table(rows))
+    out = Path(args.out).resolve()  # stages run from the repo root
+    try:
+        rows, clock = run(out, plan, args.quiet, args.retrain_teacher, args.ship_teacher)
+    except ShippedTeacherError as exc:
+        print(f"quickstart: {exc}", flush=True)
+        return 2
+    print("\n" + scores_table(rows))
+    print("\n" + "\n".join(sanity_lines(rows)))
     print(f"\n{time_report(clock, time.perf_counter() - t0)}; results in {args.out}/quickstart_results.json")
     return 0

@@ -2,21 +2,25 @@
 
 Kept apart from the runner so that the numbers can be rebuilt from disk and unit-tested without training anything.
 Aggregation is over TRAINING seeds: each cell's score is already the mean over its evaluation seeds (or one greedy
-pass); the std is the population std (ddof 0), the same convention as ``eval_metrics.mean_std``.
+pass); the std is the population std (ddof 0), the same convention as ``eval_metrics.mean_std``. A delta is marked
+when it exceeds 2 std (``exceeds_2std``); reference models (teacher, SFT student, ...) get their own table and lines
+on the chart (``chart.py``), and the variants' r and tau over training their own table (``cell_stats.py``).
 """
 
 from __future__ import annotations
 
 import csv
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from adakd_ds.experiments.cell_stats import TraceRow, mean_std, traces_markdown
+
 METRICS = ("rougeL", "exact_match")
 METRIC_TITLES = {"rougeL": "ROUGE-L", "exact_match": "exact match"}
+BASE_VARIANT = "base"  # the variant every delta is measured against (grid.Variant.BASE)
 
 
 class Status(str, enum.Enum):
@@ -56,30 +60,57 @@ class AggregateRow:
     rougeL_mean: float | None
     rougeL_std: float | None
     rougeL_delta: float | None  # variant mean - base mean of the same loss; None for base or when one side is empty
+    rougeL_exceeds_2std: bool | None  # exceeds_2std of the delta; None without a delta or with < 2 seeds a side
     exact_match_mean: float | None
     exact_match_std: float | None
     exact_match_delta: float | None
+    exact_match_exceeds_2std: bool | None
 
 
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = math.fsum(values) / len(values)
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A fixed model to compare the grid against (the teacher, the SFT student, the untrained student): its own
+    table in results.md and a dashed line on the chart. ``n``: how many scores the mean and std are over."""
+
+    name: str
+    rougeL_mean: float | None
+    rougeL_std: float | None
+    exact_match_mean: float | None
+    exact_match_std: float | None
+    n: int
+
+    @classmethod
+    def from_results(cls, name: str, results: dict[str, Any]) -> ReferenceRow:
+        """From a launch/evaluate.py results.json: the mean and std over its evaluation seeds."""
+        rouge, em = results.get("rougeL") or {}, results.get("exact_match") or {}
+        n = len(rouge.get("per_seed") or [])
+        return cls(name, rouge.get("mean"), rouge.get("std"), em.get("mean"), em.get("std"), n)
 
 
-def aggregate(rows: Sequence[CellResult], base_variant: str = "base") -> list[AggregateRow]:
+def exceeds_2std(base: Sequence[float], variant: Sequence[float]) -> bool | None:
+    """Whether a variant's mean differs from its base's by more than 2 std: |mean(variant) - mean(base)| >
+    2 * max(std(base), std(variant)), population stds over training seeds. This is the bar the tables mark with *,
+    a rough guard against reading seed noise as an effect; None when either side has fewer than 2 seeds, since one
+    seed has no spread to compare against."""
+    if len(base) < 2 or len(variant) < 2:
+        return None
+    (base_mean, base_std), (mean, std) = mean_std(base), mean_std(variant)
+    assert base_mean is not None and base_std is not None and mean is not None and std is not None
+    return abs(mean - base_mean) > 2 * max(base_std, std)
+
+
+def aggregate(rows: Sequence[CellResult], base_variant: str = BASE_VARIANT) -> list[AggregateRow]:
     """Rows in first-seen (loss, variant) order; only DONE cells enter the means."""
     keys: list[tuple[str, str]] = []
     for r in rows:
         if (r.loss, r.variant) not in keys:
             keys.append((r.loss, r.variant))
-    stats: dict[tuple[str, str], dict[str, tuple[float | None, float | None]]] = {}
+    scores: dict[tuple[str, str], dict[str, list[float]]] = {}
     out = []
     for key in keys:
         group = [r for r in rows if (r.loss, r.variant) == key]
         done = sorted((r for r in group if r.status is Status.DONE), key=lambda r: r.seed)
-        stats[key] = {m: mean_std([getattr(r, m) for r in done if getattr(r, m) is not None]) for m in METRICS}
+        scores[key] = {m: [getattr(r, m) for r in done if getattr(r, m) is not None] for m in METRICS}
         out.append(
             {
                 "loss": key[0],
@@ -92,23 +123,27 @@ def aggregate(rows: Sequence[CellResult], base_variant: str = "base") -> list[Ag
         )
     result = []
     for key, row in zip(keys, out, strict=True):
-        base = stats.get((key[0], base_variant))
+        base = scores.get((key[0], base_variant))
         for m in METRICS:
-            mean, std = stats[key][m]
+            mean, std = mean_std(scores[key][m])
             row[f"{m}_mean"], row[f"{m}_std"] = mean, std
-            base_mean = base[m][0] if base is not None else None
+            base_mean = mean_std(base[m])[0] if base is not None else None
             is_base = key[1] == base_variant
-            row[f"{m}_delta"] = None if (is_base or mean is None or base_mean is None) else mean - base_mean
+            delta = None if (is_base or mean is None or base_mean is None) else mean - base_mean
+            row[f"{m}_delta"] = delta
+            row[f"{m}_exceeds_2std"] = None if delta is None or base is None else exceeds_2std(base[m], scores[key][m])
         result.append(AggregateRow(**row))
     return result
 
 
-def _fmt(mean: float | None, std: float | None, delta: float | None, n: int, n_cells: int) -> str:
+def _fmt(
+    mean: float | None, std: float | None, delta: float | None = None, n: int = 0, n_cells: int = 0, mark: bool = False
+) -> str:
     if mean is None:
         return "–"
-    text = f"{mean:.2f} ± {std:.2f}"
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
     if delta is not None:
-        text += f" ({delta:+.2f})"
+        text += f" ({delta:+.2f})" + ("*" if mark else "")
     if n < n_cells:
         text += f" [n={n}]"
     return text
@@ -137,6 +172,7 @@ def markdown_table(
                     getattr(a, f"{metric}_delta"),
                     a.n_seeds,
                     a.n_cells,
+                    bool(getattr(a, f"{metric}_exceeds_2std")),
                 )
             )
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
@@ -150,20 +186,46 @@ def eval_note(eval_kwargs: dict[str, Any]) -> str:
     return f"the mean over evaluation seeds {list(eval_kwargs['seeds'])} (sampling, top-p 1.0, temperature 1.0)"
 
 
+def references_table(references: Sequence[ReferenceRow]) -> str:
+    """The reference models' scores, one row each, in the metric tables' number format."""
+    lines = [
+        "| model | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | n |",
+        "|---|" + "---:|" * (len(METRICS) + 1),
+    ]
+    for ref in references:
+        cells = [_fmt(getattr(ref, f"{m}_mean"), getattr(ref, f"{m}_std")) for m in METRICS]
+        lines.append(f"| {ref.name} | " + " | ".join(cells) + f" | {ref.n} |")
+    return "\n".join(lines)
+
+
 def results_markdown(
-    rows: Sequence[CellResult], losses: Sequence[str], variants: Sequence[tuple[str, str]], eval_note: str
+    rows: Sequence[CellResult],
+    losses: Sequence[str],
+    variants: Sequence[tuple[str, str]],
+    eval_note: str,
+    references: Sequence[ReferenceRow] = (),
+    traces: Sequence[TraceRow] = (),
 ) -> str:
-    """The whole results.md: both metric tables, the conventions, and every cell that did not finish."""
+    """The whole results.md: the reference models, both metric tables, the conventions, the AdaKD variants' r and
+    tau over training (``traces``, from cell_stats.aggregate_traces), and every cell that did not finish."""
     agg = aggregate(rows)
     seeds = sorted({r.seed for r in rows})
     parts = []
+    if references:
+        parts.append(
+            "### Reference models (x100)\n\n" + references_table(references) + "\n\nMean ± std (population) over "
+            "each model's n scores (its evaluation seeds, or one greedy pass); the same evaluation as the grid's cells."
+        )
     for metric in METRICS:
         parts.append(f"### {METRIC_TITLES[metric]} (x100)\n\n" + markdown_table(agg, losses, variants, metric))
     parts.append(
         f"Mean ± std (population, ddof 0) over training seeds {seeds}; each seed's score is {eval_note}. "
-        "(+x.xx) is the variant's mean minus the base mean of the same loss; [n=k] marks an entry where only k of "
-        "its seeds finished."
+        "(+x.xx) is the variant's mean minus the base mean of the same loss; (+x.xx)* marks a delta that exceeds "
+        "2 std, i.e. |delta| > 2 x the larger of the two stds (only with >= 2 seeds on both sides); [n=k] marks an "
+        "entry where only k of its seeds finished."
     )
+    if traces:
+        parts.append("### r and τ over training\n\n" + traces_markdown(traces, dict(variants)))
     bad = [r for r in rows if r.status is not Status.DONE]
     if bad:
         parts.append(
@@ -236,56 +298,3 @@ def write_aggregate_csv(agg: Sequence[AggregateRow], path: Path) -> None:
             d = asdict(a)
             d["seeds"] = " ".join(map(str, a.seeds))
             writer.writerow(d)
-
-
-def write_png(
-    agg: Sequence[AggregateRow], losses: Sequence[str], variants: Sequence[tuple[str, str]], path: Path
-) -> None:
-    """Grouped bars with std error bars, one panel per metric. Figure + FigureCanvasAgg: the Agg backend without
-    touching pyplot's global backend, so it works headless and inside any caller."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    by_key = {(a.loss, a.variant): a for a in agg}
-    fig = Figure(figsize=(5 + 1.6 * len(losses) * len(METRICS), 4.2))
-    FigureCanvasAgg(fig)
-    width = 0.8 / max(1, len(variants))
-    for k, metric in enumerate(METRICS):
-        ax = fig.add_subplot(1, len(METRICS), k + 1)
-        for j, (value, label) in enumerate(variants):
-            xs, heights, errs = [], [], []
-            for i, loss in enumerate(losses):
-                a = by_key.get((loss, value))
-                mean = getattr(a, f"{metric}_mean") if a is not None else None
-                if mean is not None:
-                    xs.append(i - 0.4 + width * (j + 0.5))
-                    heights.append(mean)
-                    errs.append(getattr(a, f"{metric}_std"))
-            ax.bar(xs, heights, width, yerr=errs, capsize=3, label=label)
-        ax.set_xticks(range(len(losses)))
-        ax.set_xticklabels(losses)
-        ax.set_xlabel("base loss")
-        ax.set_ylabel(f"{METRIC_TITLES[metric]} (x100)")
-        ax.set_title(f"{METRIC_TITLES[metric]}: mean ± std over seeds")
-        ax.grid(axis="y", alpha=0.3)
-    fig.axes[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-
-
-def write_reports(
-    out: Path,
-    rows: Sequence[CellResult],
-    losses: Sequence[str],
-    variants: Sequence[tuple[str, str]],
-    eval_note: str,
-) -> str:
-    """results.md, results.csv (per cell), results_aggregate.csv and results.png in ``out``; returns the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = results_markdown(rows, losses, variants, eval_note)
-    (out / "results.md").write_text(markdown, encoding="utf-8")
-    agg = aggregate(rows)
-    write_cells_csv(rows, out / "results.csv")
-    write_aggregate_csv(agg, out / "results_aggregate.csv")
-    write_png(agg, losses, variants, out / "results.png")
-    return markdown

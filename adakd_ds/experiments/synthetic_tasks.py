@@ -38,6 +38,15 @@ class Task(str, enum.Enum):
     CAESAR = "caesar"
     NTH = "nth"
     COUNT = "count"
+    # stochastic families: the record's response is one sample from a known set of correct answers
+    NAME3 = "name3"  # three distinct animals starting with a letter, in any order
+    SENTENCE = "sentence"  # "the <adj> <animal> <verb> in the <place>", verb and place from the animal's own sets
+    ANY_ORDER = "any_order"  # the given words in any order
+    PICK2 = "pick2"  # two of the given words, in their input order
+
+
+CLASSIC: tuple[Task, ...] = tuple(list(Task)[:8])  # the deterministic families (the default, as before)
+STOCHASTIC: frozenset[Task] = frozenset({Task.NAME3, Task.SENTENCE, Task.ANY_ORDER, Task.PICK2})
 
 
 class _Rng:
@@ -74,6 +83,106 @@ def _caesar(text: str) -> str:
 def _number(rng: _Rng) -> int:
     digits = rng.between(2, 4)
     return rng.between(10 ** (digits - 1), 10**digits - 1)
+
+
+# name3 and sentence need knowledge a small model must memorise: which animals start with which letter, and each
+# animal's own verbs and places (a fixed table). A teacher trained on many samples learns these sets; one sample per
+# prompt shows a student only part of them.
+ANIMALS: dict[str, tuple[str, ...]] = {
+    "b": ("bat", "bear", "bee", "bison", "boar", "bull"),
+    "c": ("camel", "cat", "cow", "crab", "crow", "cub"),
+    "d": ("deer", "dingo", "dog", "dove", "duck", "dodo"),
+    "e": ("eagle", "eel", "egret", "elk", "emu", "ewe"),
+    "f": ("ferret", "finch", "fish", "flea", "fly", "fox"),
+    "g": ("gecko", "gnu", "goat", "goose", "gull", "gnat"),
+    "h": ("hare", "hawk", "hen", "heron", "hog", "horse"),
+    "l": ("lamb", "lark", "lion", "llama", "louse", "lynx"),
+    "m": ("mink", "mole", "moose", "moth", "mouse", "mule"),
+    "p": ("panda", "pig", "pony", "puma", "pug", "puffin"),
+    "r": ("rabbit", "ram", "rat", "raven", "rhino", "robin"),
+    "s": ("seal", "shark", "sheep", "skunk", "snail", "swan"),
+    "t": ("tapir", "tiger", "toad", "trout", "tuna", "turtle"),
+    "w": ("walrus", "wasp", "whale", "wolf", "worm", "wren"),
+}  # fmt: skip
+ADJECTIVES = ("big", "small", "old", "young", "happy", "sleepy")
+VERBS = ("runs", "sleeps", "swims", "eats", "sings", "hides", "digs", "plays", "waits", "rests", "jumps", "walks")
+PLACES = ("park", "river", "field", "barn", "forest", "garden", "lake", "cave")
+
+
+def _animal_table() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each animal's 3 verbs and 2 places, drawn once from a fixed seed (part of the task, not of the split)."""
+    rng = _Rng(20261201)
+    return {a: (tuple(rng.sample(VERBS, 3)), tuple(rng.sample(PLACES, 2))) for g in ANIMALS.values() for a in g}
+
+
+ANIMAL_TABLE = _animal_table()
+
+
+def _gen_name3(rng: _Rng) -> tuple[str, str]:
+    letter = rng.choice(sorted(ANIMALS))
+    return letter, " ".join(rng.sample(ANIMALS[letter], 3))
+
+
+def _gen_sentence(rng: _Rng) -> tuple[str, str]:
+    animal = rng.choice(sorted(ANIMAL_TABLE))
+    verbs, places = ANIMAL_TABLE[animal]
+    return animal, f"the {rng.choice(ADJECTIVES)} {animal} {rng.choice(verbs)} in the {rng.choice(places)}"
+
+
+def _gen_any_order(rng: _Rng) -> tuple[str, str]:
+    ws = _words(rng, 3, 5)
+    return " ".join(sorted(ws)), " ".join(rng.sample(ws, len(ws)))
+
+
+def _gen_pick2(rng: _Rng) -> tuple[str, str]:
+    ws = _words(rng, 3, 6)
+    i, j = sorted(rng.sample(range(len(ws)), 2))
+    return " ".join(ws), f"{ws[i]} {ws[j]}"
+
+
+def is_valid(task: Task | str, inp: str, response: str) -> bool:
+    """Whether ``response`` is one of the correct answers to ``inp`` (for every family, stochastic or not)."""
+    task = Task(task)
+    got = response.split()
+    if task is Task.NAME3:
+        return len(got) == 3 and len(set(got)) == 3 and set(got) <= set(ANIMALS.get(inp, ()))
+    if task is Task.SENTENCE:
+        if inp not in ANIMAL_TABLE or len(got) != 7:
+            return False
+        verbs, places = ANIMAL_TABLE[inp]
+        return (
+            (got[0], got[2], got[4], got[5]) == ("the", inp, "in", "the")
+            and got[1] in ADJECTIVES
+            and (got[3] in verbs and got[6] in places)
+        )
+    if task is Task.ANY_ORDER:
+        return sorted(got) == sorted(inp.split())
+    if task is Task.PICK2:
+        words = inp.split()
+        return len(got) == 2 and got[0] in words and got[1] in words and words.index(got[0]) < words.index(got[1])
+    return response.strip() == solve(task, inp)
+
+
+def solve(task: Task | str, inp: str) -> str:
+    """The one correct answer of a deterministic family, from its input text."""
+    task = Task(task)
+    words = inp.split()
+    if task is Task.REVERSE:
+        return " ".join(reversed(words))
+    if task is Task.SORT:
+        return " ".join(sorted(words))
+    if task is Task.ADD:
+        return str(int(words[0]) + int(words[2]))
+    if task in (Task.UPPER, Task.LOWER):
+        return inp.upper() if task is Task.UPPER else inp.lower()
+    if task is Task.CAESAR:
+        return _caesar(inp)
+    head, _, rest = inp.partition(": ")
+    if task is Task.NTH:
+        return rest.split()[int(head) - 1]
+    if task is Task.COUNT:
+        return str(rest.count(head))
+    raise ValueError(f"{task.value} has no single answer: use is_valid")
 
 
 def _gen_reverse(rng: _Rng) -> tuple[str, str]:
@@ -128,6 +237,10 @@ _INSTRUCTIONS: dict[Task, tuple[str, ...]] = {
     Task.CAESAR: ("Shift every letter forward by one (a becomes b, z becomes a).",),
     Task.NTH: ("Give the word at the position before the colon.", "Which word is at the given position?"),
     Task.COUNT: ("Count how many times the letter before the colon appears in the words.",),
+    Task.NAME3: ("Name three animals that start with this letter.", "Give three animals whose names start with it."),
+    Task.SENTENCE: ("Write a short sentence about this animal.",),
+    Task.ANY_ORDER: ("List these words in any order.",),
+    Task.PICK2: ("Pick two of these words, keeping their order.",),
 }
 _GENERATORS: dict[Task, Callable[[_Rng], tuple[str, str]]] = {
     Task.REVERSE: _gen_reverse,
@@ -138,6 +251,10 @@ _GENERATORS: dict[Task, Callable[[_Rng], tuple[str, str]]] = {
     Task.CAESAR: _gen_caesar,
     Task.NTH: _gen_nth,
     Task.COUNT: _gen_count,
+    Task.NAME3: _gen_name3,
+    Task.SENTENCE: _gen_sentence,
+    Task.ANY_ORDER: _gen_any_order,
+    Task.PICK2: _gen_pick2,
 }
 
 
@@ -150,7 +267,7 @@ def make_record(task: Task, rng: _Rng) -> dict[str, str]:
 
 def generate_records(n: int, seed: int, tasks: Iterable[Task | str] | None = None) -> list[dict[str, str]]:
     """``n`` distinct records, families in round-robin order; an input never repeats within its family."""
-    families = [Task(t) for t in tasks] if tasks is not None else list(Task)
+    families = [Task(t) for t in tasks] if tasks is not None else list(CLASSIC)
     if not families:
         raise ValueError("generate_records: no task family given")
     rng = _Rng(seed)
@@ -160,7 +277,8 @@ def generate_records(n: int, seed: int, tasks: Iterable[Task | str] | None = Non
     while len(out) < n:
         task = families[len(out) % len(families)]
         rec = make_record(task, rng)
-        key = (rec["task"], rec["input"])
+        # a stochastic family's prompt repeats (its answers differ); a deterministic one's never does
+        key = (rec["task"], rec["input"], rec["output"] if task in STOCHASTIC else "")
         if key in seen:
             misses += 1
             if misses > 100 * (n + 10):
