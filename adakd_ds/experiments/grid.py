@@ -135,8 +135,9 @@ def _embedded_setup(spec: GridSpec, out: Path, quiet: bool) -> Setup:
         sft.append(cfg)
     references: dict[str, list[Path | dict[str, Any]]] = {
         "teacher": [paths["teacher"]], "untrained student": [paths["untrained"]], "SFT student": sft}  # fmt: skip
-    title = (f"Miniature Table 1: {eval_data.name} of the testbed, {len(plan.tasks)} task families; "
-             f"students {plan.student_hidden}x{plan.student_layers} distilled for {plan.student_steps} steps")  # fmt: skip
+    decoding = "greedy" if kwargs["greedy"] else f"sampled at T=1 over {len(kwargs['seeds'])} seeds"
+    title = (f"Miniature Table 1 on the testbed: {decoding}, {eval_data.name} ({len(plan.tasks)} task families); "
+             f"{plan.student_hidden}x{plan.student_layers} students, {plan.student_steps} steps after an SFT init")  # fmt: skip
     return Setup(template, eval_data, nproc, kwargs, heldout=paths["val"], references=references, title=title)
 
 
