@@ -114,14 +114,14 @@ def _embedded_setup(spec: GridSpec, out: Path, quiet: bool) -> Setup:
     steps = {k: getattr(spec, k) for k in ("teacher_steps", "student_init_steps", "student_steps")}
     plan = dataclasses.replace(FAST if spec.fast else FULL, **{k: v for k, v in steps.items() if v is not None})
     home = Path(spec.embedded_dir).resolve() if spec.embedded_dir else out / "embedded"
-    nproc = spec.nproc or plan.nproc
+    # the plan's global batch whatever the ranks (Plan.micro_batch_for): the quickstart's init and cells
+    plan = dataclasses.replace(plan, stage_nproc=spec.nproc or plan.stage_nproc)
+    nproc = plan.stage_nproc
     paths = prepare(home, plan, spec.retrain_teacher)
     if spec.retrain_teacher:
         paths["teacher"] = train_checked(teacher_run_config(home, paths, plan), plan.nproc, "teacher SFT", quiet)
     init = run_config(home / "student_init", paths, plan, seed=0, init=True)
-    paths["init"] = train_checked(init, plan.nproc, "student SFT init", quiet)  # the quickstart's, at its ranks
-    # the plan's global batch whatever the ranks: --nproc 1 runs two grids side by side on 2 cores
-    plan = dataclasses.replace(plan, micro_batch=plan.micro_batch * plan.nproc // nproc)
+    paths["init"] = train_checked(init, nproc, "student SFT init", quiet)  # the quickstart's
     template = run_config(out / "cells", paths, plan, seed=0)
     template["data"]["eval_source"] = str(paths["val"])
     template["train"]["eval_interval"] = EMBEDDED_EVAL_INTERVAL

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from adakd_ds.experiments.reproducible import pinned_env, pinned_threads
+from adakd_ds.experiments.stage_clock import wait_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,16 +74,22 @@ def _run(cmd: list[str], name: str, log: Path, quiet: bool) -> None:
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        if quiet:
-            rc = subprocess.run(cmd, cwd=REPO, env=stage_env(), stdout=fh, stderr=subprocess.STDOUT).returncode
-        else:  # the stage's own progress bar goes to the terminal, and its log to the file
-            proc = subprocess.Popen(cmd, cwd=REPO, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                fh.write(chunk.decode("utf-8", "replace"))
-            rc = proc.wait()
+        out = fh if quiet else subprocess.PIPE  # not quiet: the stage's progress bar to the terminal, and the log
+        proc = subprocess.Popen(cmd, cwd=REPO, env=stage_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if not quiet:
+                assert proc.stdout is not None
+                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    fh.write(chunk.decode("utf-8", "replace"))
+            rc = wait_child(proc)  # reaped here, so that its CPU time is charged to this stage
+        except BaseException:  # an interrupt: the stage had the same signal; give it time to checkpoint
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     if rc != 0:
         raise StageError(f"stage '{name}' failed with exit code {rc}; see {log}")
 

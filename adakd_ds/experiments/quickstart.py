@@ -13,8 +13,10 @@ import argparse
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,7 +76,7 @@ def run_config(out_dir: Path, paths: dict[str, Path], plan: Plan, seed: int, ini
         "train": {
             "lr": plan.student_lr,
             "max_steps": steps,
-            "micro_batch": plan.micro_batch,
+            "micro_batch": plan.micro_batch_for(plan.stage_nproc),
             "warmup_ratio": 0.05,
             "seed": seed,
         },  # fmt: skip
@@ -83,25 +85,34 @@ def run_config(out_dir: Path, paths: dict[str, Path], plan: Plan, seed: int, ini
 
 
 class Stages:
-    """Numbers the stages in the output, so the user sees where the 10 minutes go; a stage found done says so, and
-    keeps the time of the run that did it (StageClock)."""
+    """Numbers the stages in the output, so the user sees where the minutes go; a stage found done says so, and
+    keeps the time of the run that did it (StageClock). Stages may run in several threads (the lanes): a training
+    stage in a lane logs to its file only, and says when it ends."""
 
-    def __init__(self, nproc: int, quiet: bool, clock: StageClock) -> None:
-        self.nproc, self.quiet, self.n, self.clock = nproc, quiet, 0, clock
+    def __init__(self, nproc: int, quiet: bool, clock: StageClock, lanes: int = 1) -> None:
+        self.nproc, self.quiet, self.clock, self.lanes, self.n = nproc, quiet, clock, lanes, 0
+        self._lock = threading.Lock()
 
     def step(self, name: str, detail: str, done: bool, work: Callable[[], T]) -> T:
         """Print the stage's header; run ``work`` timed, or untimed when its result is already on disk."""
-        self.n += 1
-        note = f": {self.clock.skip(name)}" if done else ""
-        print(f"\n== stage {self.n}: {name} ({detail}){note}", flush=True)
+        with self._lock:
+            self.n += 1
+            n = self.n
+            note = f": {self.clock.skip(name)}" if done else ""
+            print(f"\n== stage {n}: {name} ({detail}){note}", flush=True)
         if done:
             return work()  # it only finds the result on disk
         with self.clock.measure(name):
-            return work()
+            result = work()
+        if self.lanes > 1:
+            print(f"== stage {n} done: {name}, {self.clock.times[name].describe()}", flush=True)
+        return result
 
-    def train(self, name: str, cfg: dict[str, Any]) -> Path:
-        detail = f"{cfg['train']['max_steps']} steps, {self.nproc} ranks"
-        return self.step(name, detail, trained(cfg), lambda: train(cfg, self.nproc, name, quiet=self.quiet))
+    def train(self, name: str, cfg: dict[str, Any], nproc: int | None = None) -> Path:
+        nproc = nproc or self.nproc
+        detail = f"{cfg['train']['max_steps']} steps, {nproc} rank{'s' if nproc > 1 else ''}"
+        quiet = self.quiet or self.lanes > 1  # two progress bars at once would garble each other
+        return self.step(name, detail, trained(cfg), lambda: train(cfg, nproc, name, quiet=quiet))
 
     def evaluate(self, name: str, model: Path, data: Path, out: Path, **kwargs: Any) -> dict[str, Any]:
         detail = "greedy" if kwargs.get("greedy") else f"sampled, seeds {' '.join(map(str, kwargs['seeds']))}"
@@ -109,9 +120,9 @@ class Stages:
 
 
 def train_teacher(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages, ship_it: bool) -> Path:
-    """--retrain-teacher: the teacher's SFT run, cached in ``out`` under its settings' key; --ship-teacher then
-    copies it into the package."""
-    export = stage.train("teacher SFT", teacher_run_config(out, paths, plan))
+    """--retrain-teacher: the teacher's SFT run (at the ranks its micro-batch is given for), cached in ``out``
+    under its settings' key; --ship-teacher then copies it into the package."""
+    export = stage.train("teacher SFT", teacher_run_config(out, paths, plan), nproc=plan.nproc)
     if ship_it:
         print(f"quickstart: shipped the teacher to {ship(export, plan)}", flush=True)
     return export
@@ -122,51 +133,69 @@ def train_init(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages) -> 
     return stage.train("student SFT init", run_config(out / "student_init", paths, plan, seed=0, init=True))
 
 
-def train_students(out: Path, paths: dict[str, Path], plan: Plan, stage: Stages) -> dict[str, list[Path]]:
-    """Every student row x training seed (each skipped when its export is on disk)."""
-    models: dict[str, list[Path]] = {}
+def student_runs(out: Path, paths: dict[str, Path], plan: Plan) -> list[tuple[str, int, dict[str, Any]]]:
+    """Every student row x training seed, in the table's order: (row, seed, run config)."""
+    runs = []
     for name, change in STUDENT_ROWS.items():
         for seed in plan.train_seeds:
             cfg = run_config(out / "students" / f"{slug(name)}-s{seed}", paths, plan, seed)
             cfg["mode"] = change["mode"]
             cfg["loss"].update(change["loss"])
-            models.setdefault(name, []).append(stage.train(f"{name} seed {seed}", cfg))
-    return models
+            runs.append((name, seed, cfg))
+    return runs
 
 
-def evaluate_model(name: str, models: list[Path], paths: dict[str, Path], plan: Plan, out: Path,
-                   stage: Stages) -> ModelScores:  # fmt: skip
-    """Greedy and sampled evaluation of each seed's model (KL to the teacher from the sampled pass's loss)."""
+def evaluate_one(name: str, k: int, n: int, model: Path, paths: dict[str, Path], plan: Plan, out: Path,
+                 stage: Stages) -> tuple[dict[str, Any], Path]:  # fmt: skip
+    """Greedy and sampled evaluation of one model, the ``k``-th of its row's ``n`` (KL to the teacher from the
+    sampled pass's loss); returns the greedy results and the sampled evaluation's folder."""
     common = {"nproc": plan.eval_nproc, "max_new_tokens": plan.max_new_tokens, "max_prompt_len": plan.max_len // 2}
-    greedy, sampled = [], []
-    for k, model in enumerate(models):
-        tag = f"{slug(name)}-{k}" if len(models) > 1 else slug(name)
-        label = f"{name} #{k + 1}" if len(models) > 1 else name
-        greedy.append(stage.evaluate(f"eval {label} greedy", model, paths["test"], out / "eval" / f"{tag}_greedy",
-                                     greedy=True, **common))  # fmt: skip
-        sampled_dir = out / "eval" / f"{tag}_sampled"
-        stage.evaluate(f"eval {label} sampled", model, paths["test"], sampled_dir, seeds=plan.eval_seeds,
-                       teacher=paths["teacher"], **common)  # fmt: skip
-        sampled.append(sampled_dir)
-    return model_scores(name, greedy, sampled, paths["test"])
+    tag, label = (f"{slug(name)}-{k}", f"{name} #{k + 1}") if n > 1 else (slug(name), name)
+    greedy = stage.evaluate(f"eval {label} greedy", model, paths["test"], out / "eval" / f"{tag}_greedy",
+                            greedy=True, **common)  # fmt: skip
+    sampled = out / "eval" / f"{tag}_sampled"
+    stage.evaluate(f"eval {label} sampled", model, paths["test"], sampled, seeds=plan.eval_seeds,
+                   teacher=paths["teacher"], **common)  # fmt: skip
+    return greedy, sampled
 
 
 def run(
     out: Path, plan: Plan, quiet: bool = False, retrain_teacher: bool = False, ship_teacher: bool = False
 ) -> tuple[list[ModelScores], StageClock]:
-    """Every stage (each skipped when its result is on disk); the table's rows and the stages' times."""
+    """Every stage (each skipped when its result is on disk); the table's rows and the stages' times.
+
+    Training stages run in ``plan.lanes`` threads, each a subprocess; this thread evaluates every model in-process
+    as soon as it is trained, while the lanes train the next ones."""
     clock = StageClock(out / "stage_times.json")
-    stage = Stages(plan.nproc, quiet, clock)
+    stage = Stages(plan.stage_nproc, quiet, clock, plan.lanes)
     prepared = (out / "student_untrained" / "model.safetensors").is_file()  # write_models() writes it last
     source = "a fresh tokenizer" if retrain_teacher else "the shipped teacher's tokenizer"
     paths = stage.step("prepare", f"data, {source}, model configs", prepared,
                        lambda: prepare(out, plan, retrain_teacher))  # fmt: skip
     if retrain_teacher:
         paths["teacher"] = train_teacher(out, paths, plan, stage, ship_teacher)
-    paths["init"] = train_init(out, paths, plan, stage)
-    models = {"teacher": [paths["teacher"]], "student untrained": [paths["untrained"]]}
-    models.update(train_students(out, paths, plan, stage))
-    rows = [evaluate_model(name, paths_, paths, plan, out, stage) for name, paths_ in models.items()]
+    results: dict[str, list[tuple[dict[str, Any], Path]]] = {}
+    lanes = ThreadPoolExecutor(max_workers=plan.lanes, thread_name_prefix="lane")
+    try:
+        init = lanes.submit(train_init, out, paths, plan, stage)
+        for name, key in (("teacher", "teacher"), ("student untrained", "untrained")):  # while the init trains
+            results[name] = [evaluate_one(name, 0, 1, paths[key], paths, plan, out, stage)]
+        paths["init"] = init.result()
+        runs = student_runs(out, paths, plan)
+        # the KD runs first (the teacher's forward makes them twice as long): the short SFT runs end the lanes
+        order = sorted(range(len(runs)), key=lambda i: runs[i][2]["mode"] == "sft")
+        futures = {lanes.submit(stage.train, f"{runs[i][0]} seed {runs[i][1]}", runs[i][2]): i for i in order}
+        done: dict[int, tuple[dict[str, Any], Path]] = {}
+        for future in as_completed(futures):
+            i = futures[future]
+            name, seed = runs[i][:2]
+            done[i] = evaluate_one(name, plan.train_seeds.index(seed), len(plan.train_seeds), future.result(),
+                                   paths, plan, out, stage)  # fmt: skip
+    finally:  # a failed stage: the stages not started yet never start; a running one finishes (or fails) first
+        lanes.shutdown(wait=True, cancel_futures=True)
+    for i, (name, _, _) in enumerate(runs):
+        results.setdefault(name, []).append(done[i])
+    rows = [model_scores(name, [g for g, _ in r], [d for _, d in r], paths["test"]) for name, r in results.items()]
     total, _ = clock.total()
     summary = {"plan": dataclasses.asdict(plan), "rows": [dataclasses.asdict(r) for r in rows],
                "seconds": total.wall_s if total else None, "teacher": str(paths["teacher"])}  # fmt: skip
@@ -191,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="quickstart_out", help="everything is written here; rerun to continue")
     ap.add_argument("--fast", action="store_true", help="the reduced CI version (one training seed, one sampling seed)")
-    ap.add_argument("--nproc", type=int, default=None, help="ranks per training stage (default 2)")
+    ap.add_argument("--nproc", type=int, default=None,
+                    help="ranks per student stage (default 1; the global batch stays the same)")  # fmt: skip
+    ap.add_argument("--lanes", type=int, default=None, help="student stages run side by side (default 2)")
     ap.add_argument("--quiet", action="store_true", help="stage output to log files only")
     ap.add_argument("--retrain-teacher", action="store_true",
                     help="train the teacher here (cached in --out) instead of using the shipped one")  # fmt: skip
@@ -201,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship_teacher and not args.retrain_teacher:
         ap.error("--ship-teacher needs --retrain-teacher")
     plan = FAST if args.fast else FULL
-    if args.nproc:
-        plan = dataclasses.replace(plan, nproc=args.nproc)
+    plan = dataclasses.replace(plan, stage_nproc=args.nproc or plan.stage_nproc, lanes=args.lanes or plan.lanes)
+    if plan.stage_nproc < 1 or plan.lanes < 1:
+        ap.error("--nproc and --lanes must be at least 1")
+    try:
+        plan.micro_batch_for(plan.stage_nproc)
+    except ValueError as exc:
+        ap.error(str(exc))
     for change in overridden(os.environ):
         print(f"quickstart: {change} for every stage, so that the results are the same run to run", flush=True)
     t0 = time.perf_counter()

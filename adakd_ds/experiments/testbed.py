@@ -35,8 +35,12 @@ KEY_FILE = "testbed.json"  # the teacher's settings and their key, next to its w
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes and step counts. FULL is the quickstart (12-13 minutes on 2 CPU cores with the shipped teacher) and the
-    grid's setting; FAST is CI's version: the same data, teacher and steps, one training seed, one sampling seed."""
+    """Sizes and step counts. FULL is the quickstart (about 8 minutes on 2 CPU cores with the shipped teacher) and
+    the grid's setting; FAST is CI's version: the same data, teacher and steps, one training seed, one sampling seed.
+
+    The global batch is ``micro_batch`` x ``nproc`` whatever the ranks a stage really runs (``stage_nproc``): the
+    same samples make each optimizer step, and AdaKD's statistics are over all ranks, so only float rounding
+    changes. On 2 cores two 1-rank stages side by side (``lanes``) cost 0.6x the CPU of one 2-rank stage."""
 
     tasks: tuple[str, ...] = TESTBED_TASKS
     n_teacher_train: int = 12000
@@ -56,11 +60,19 @@ class Plan:
     kd_ratio: float = 1.0  # pure KD, as in the paper's Table 1
     micro_batch: int = 16
     max_len: int = 80
-    nproc: int = 2  # ranks per training stage
+    nproc: int = 2  # the ranks micro_batch is given for (the shipped teacher's); the global batch is their product
+    stage_nproc: int = 1  # the ranks each student stage runs; its micro-batch is scaled to keep the global batch
+    lanes: int = 2  # student stages run side by side
     eval_nproc: int = 1  # evaluation of these tiny models is fastest in-process
     train_seeds: tuple[int, ...] = (1, 2, 3)  # one student per seed and row: the std over these is the table's
     eval_seeds: tuple[int, ...] = (1, 2, 3)  # sampling seeds of the sampled evaluation
     max_new_tokens: int = 24
+
+    def micro_batch_for(self, nproc: int) -> int:
+        """The micro-batch that gives ``nproc`` ranks this plan's global batch."""
+        if (self.micro_batch * self.nproc) % nproc:
+            raise ValueError(f"--nproc {nproc} does not divide the global batch {self.micro_batch * self.nproc}")
+        return self.micro_batch * self.nproc // nproc
 
 
 FULL = Plan()
