@@ -28,14 +28,24 @@ def test_fast_quickstart_end_to_end(tmp_path):
     assert list(rows) == ["teacher", "student untrained", "student SFT", "student KD (rkl)", "student KD (rkl) + AdaKD"]
     assert "| teacher |" in proc.stdout  # the table is printed
     greedy = {name: r["rougeL_greedy"]["mean"] for name, r in rows.items()}
+    sampled = {name: r["rougeL_sampled"]["mean"] for name, r in rows.items()}
     # what the testbed is for: a teacher far above a student trained on labels, and distillation above SFT
-    assert greedy["teacher"] >= 2 * greedy["student SFT"], greedy
-    assert greedy["student KD (rkl)"] > greedy["student SFT"], greedy
-    assert greedy["student untrained"] < 5, greedy
+    for score in (greedy, sampled):
+        assert score["teacher"] >= 2 * score["student SFT"], score
+        assert score["student KD (rkl)"] > score["student SFT"], score
+        assert score["student untrained"] < 5, score
     for name in ("student SFT", "student KD (rkl)", "student KD (rkl) + AdaKD"):
         kl = rows[name]["kl"]["mean"]
         assert kl is not None and 0 < kl < rows["student untrained"]["kl"]["mean"], (name, kl)
-    assert "teacher vs student SFT:" in proc.stdout and "student KD (rkl) vs student SFT: +" in proc.stdout
+    assert (
+        "teacher vs student SFT:" in proc.stdout and "student KD (rkl) vs student SFT: sampled ROUGE-L +" in proc.stdout
+    )
+    # the lanes: the student stages ran side by side, on 1 rank each
+    stages = results["times"]["stages"]
+    kd, ada = stages["student KD (rkl) seed 1"], stages["student KD (rkl) + AdaKD seed 1"]
+    assert kd["started_at"] < ada["started_at"] + ada["wall_s"] and ada["started_at"] < kd["started_at"] + kd["wall_s"]
+    assert results["seconds"] < sum(t["wall_s"] for t in stages.values())
+    assert "student KD (rkl) seed 1 (300 steps, 1 rank)" in proc.stdout
 
     # a rerun of the finished quickstart redoes nothing, says so per stage, and keeps the first run's times
     rerun = subprocess.run(proc.args, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
