@@ -56,3 +56,20 @@ def test_fast_quickstart_end_to_end(tmp_path):
     assert again["seconds"] == results["seconds"] > 0 and again["rows"] == results["rows"]
     assert again["times"]["total"] == results["times"]["total"] and again["times"]["total"]["cpu_s"] > 0
     assert "15 of 15 stages were done earlier and skipped" in rerun.stdout
+
+
+def test_the_command_line_sets_the_plan_and_refuses_bad_values(capsys):
+    from adakd_ds.experiments.quickstart import parse_plan
+    from adakd_ds.experiments.testbed import FAST, FULL
+
+    _, plan = parse_plan([])
+    assert (plan.train_seeds, plan.stage_nproc, plan.lanes) == (FULL.train_seeds, 1, 2)
+    assert plan.micro_batch_for(plan.stage_nproc) == 32  # 1 rank carries the 2 x 16 global batch
+    _, plan = parse_plan(["--fast", "--seeds", "4", "5", "--nproc", "2", "--lanes", "1"])
+    assert (plan.train_seeds, plan.eval_seeds, plan.stage_nproc, plan.lanes) == ((4, 5), FAST.eval_seeds, 2, 1)
+    assert plan.micro_batch_for(2) == 16
+    for bad, said in ((["--seeds", "4", "4"], "--seeds 4 4: give distinct seeds"), (["--nproc", "3"], "--nproc 3 does not divide the global batch 32"),
+                      (["--lanes", "0"], "--nproc and --lanes must be at least 1"), (["--ship-teacher"], "--ship-teacher needs --retrain-teacher")):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            parse_plan(bad)
+        assert exc.value.code == 2 and said in capsys.readouterr().err, bad

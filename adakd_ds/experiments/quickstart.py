@@ -216,10 +216,13 @@ def time_report(clock: StageClock, this_run_s: float) -> str:
     return spent
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]:
+    """The command line and the Plan it asks for; a bad combination exits 2 with one line (argparse's)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="quickstart_out", help="everything is written here; rerun to continue")
     ap.add_argument("--fast", action="store_true", help="the reduced CI version (one training seed, one sampling seed)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="training seeds of every student row (default 1 2 3; with --fast 1)")  # fmt: skip
     ap.add_argument("--nproc", type=int, default=None,
                     help="ranks per student stage (default 1; the global batch stays the same)")  # fmt: skip
     ap.add_argument("--lanes", type=int, default=None, help="student stages run side by side (default 2)")
@@ -232,13 +235,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship_teacher and not args.retrain_teacher:
         ap.error("--ship-teacher needs --retrain-teacher")
     plan = FAST if args.fast else FULL
-    plan = dataclasses.replace(plan, stage_nproc=args.nproc or plan.stage_nproc, lanes=args.lanes or plan.lanes)
+    given = {"stage_nproc": args.nproc, "lanes": args.lanes}
+    plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 1:
+            ap.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds, each at least 1")
+        plan = dataclasses.replace(plan, train_seeds=tuple(args.seeds))
     if plan.stage_nproc < 1 or plan.lanes < 1:
         ap.error("--nproc and --lanes must be at least 1")
     try:
         plan.micro_batch_for(plan.stage_nproc)
     except ValueError as exc:
         ap.error(str(exc))
+    return args, plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, plan = parse_plan(argv)
     for change in overridden(os.environ):
         print(f"quickstart: {change} for every stage, so that the results are the same run to run", flush=True)
     t0 = time.perf_counter()
