@@ -26,6 +26,9 @@ from tests.engine_fixtures import (
     write_run_config,
 )
 
+# one worker for the whole module: its module-scoped reference runs are then made once, not once per worker
+pytestmark = pytest.mark.xdist_group("checkpoint_resume")
+
 STEPS = 8  # 32 records / (2 ranks x micro 4) = 4 optimizer steps per epoch: the run spans 2 epochs
 
 

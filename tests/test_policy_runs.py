@@ -16,6 +16,9 @@ import torch
 
 from tests.engine_fixtures import build_tiny_setup, make_records, read_history, run_launch, write_run_config
 
+# one worker for the whole module: its module-scoped reference runs are then made once, not once per worker
+pytestmark = pytest.mark.xdist_group("policy_runs")
+
 STEPS = 6  # 32 records / (2 ranks x micro 4) = 4 optimizer steps per epoch: the runs cross an epoch boundary
 TIMING = ("seconds", "tokens")
 SEED = 3  # its first draws make gkd and distillm generate AND (distillm) replay after the resume point, step 3

@@ -225,7 +225,12 @@ def parse_plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]
                     help="training seeds of every student row (default 1 2 3; with --fast 1)")  # fmt: skip
     ap.add_argument("--nproc", type=int, default=None,
                     help="ranks per student stage (default 1; the global batch stays the same)")  # fmt: skip
-    ap.add_argument("--lanes", type=int, default=None, help="student stages run side by side (default 2)")
+    ap.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="student stages run side by side (default 2, or fewer where the cores are fewer than 2 x --nproc)",
+    )
     ap.add_argument("--quiet", action="store_true", help="stage output to log files only")
     ap.add_argument("--retrain-teacher", action="store_true",
                     help="train the teacher here (cached in --out) instead of using the shipped one")  # fmt: skip
@@ -237,6 +242,10 @@ def parse_plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]
     plan = FAST if args.fast else FULL
     given = {"stage_nproc": args.nproc, "lanes": args.lanes}
     plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
+    if args.lanes is None:  # no more ranks at once than cores: one 2-rank lane on 2 cores
+        plan = dataclasses.replace(
+            plan, lanes=max(1, min(plan.lanes, (os.cpu_count() or 1) // max(plan.stage_nproc, 1)))
+        )
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 1:
             ap.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds, each at least 1")
