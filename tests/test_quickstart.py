@@ -72,7 +72,7 @@ def test_the_command_line_sets_the_plan_and_refuses_bad_values(capsys):
     assert (plan.train_seeds, plan.eval_seeds, plan.stage_nproc, plan.lanes) == ((4, 5), FAST.eval_seeds, 2, 1)
     assert plan.micro_batch_for(2) == 16
     for bad, said in ((["--seeds", "4", "4"], "--seeds 4 4: give distinct seeds"), (["--nproc", "3"], "--nproc 3 does not divide the global batch 32"),
-                      (["--lanes", "0"], "--nproc and --lanes must be at least 1"), (["--ship-teacher"], "--ship-teacher needs --retrain-teacher")):  # fmt: skip
+                      (["--lanes", "0"], "--lanes 0: must be at least 1"), (["--nproc", "0"], "--nproc 0: must be at least 1"), (["--ship-teacher"], "--ship-teacher needs --retrain-teacher")):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             parse_plan(bad)
         assert exc.value.code == 2 and said in capsys.readouterr().err, bad

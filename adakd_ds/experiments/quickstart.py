@@ -225,12 +225,8 @@ def parse_plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]
                     help="training seeds of every student row (default 1 2 3; with --fast 1)")  # fmt: skip
     ap.add_argument("--nproc", type=int, default=None,
                     help="ranks per student stage (default 1; the global batch stays the same)")  # fmt: skip
-    ap.add_argument(
-        "--lanes",
-        type=int,
-        default=None,
-        help="student stages run side by side (default 2, or fewer where the cores are fewer than 2 x --nproc)",
-    )
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="student stages side by side (default 2, fewer if cores < 2 x --nproc)")  # fmt: skip
     ap.add_argument("--quiet", action="store_true", help="stage output to log files only")
     ap.add_argument("--retrain-teacher", action="store_true",
                     help="train the teacher here (cached in --out) instead of using the shipped one")  # fmt: skip
@@ -240,18 +236,17 @@ def parse_plan(argv: list[str] | None = None) -> tuple[argparse.Namespace, Plan]
     if args.ship_teacher and not args.retrain_teacher:
         ap.error("--ship-teacher needs --retrain-teacher")
     plan = FAST if args.fast else FULL
-    given = {"stage_nproc": args.nproc, "lanes": args.lanes}
-    plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
-    if args.lanes is None:  # no more ranks at once than cores: one 2-rank lane on 2 cores
-        plan = dataclasses.replace(
-            plan, lanes=max(1, min(plan.lanes, (os.cpu_count() or 1) // max(plan.stage_nproc, 1)))
-        )
+    nproc = plan.stage_nproc if args.nproc is None else args.nproc
+    # by default no more ranks at once than cores: one 2-rank lane on 2 cores
+    cores_lanes = max(1, min(plan.lanes, (os.cpu_count() or 1) // max(nproc, 1)))
+    plan = dataclasses.replace(plan, stage_nproc=nproc, lanes=cores_lanes if args.lanes is None else args.lanes)
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 1:
             ap.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds, each at least 1")
         plan = dataclasses.replace(plan, train_seeds=tuple(args.seeds))
-    if plan.stage_nproc < 1 or plan.lanes < 1:
-        ap.error("--nproc and --lanes must be at least 1")
+    for flag, value in (("--nproc", plan.stage_nproc), ("--lanes", plan.lanes)):
+        if value < 1:
+            ap.error(f"{flag} {value}: must be at least 1")
     try:
         plan.micro_batch_for(plan.stage_nproc)
     except ValueError as exc:

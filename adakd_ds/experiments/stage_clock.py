@@ -6,7 +6,7 @@ each stage also records its CPU time and the 1-minute load average before and af
 
 Stages may run side by side (the quickstart's lanes), so a stage's CPU time is its own thread's (an in-process
 evaluation) plus the children that thread waited for, as the kernel reported them when reaping each one
-(``charge_child``, ranks included); and the run's wall clock is the union of the stages' intervals, not their sum.
+(``wait_child``, ranks included); and the run's wall clock is the union of the stages' intervals, not their sum.
 """
 
 from __future__ import annotations
