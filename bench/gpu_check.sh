@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from adakd_ds.config import Divergence, LossConfig
+from adakd_ds.config.schema import Divergence, LossConfig
 from adakd_ds.loss.adakd_loss import AdaKDLoss
 from adakd_ds.loss.fused_head import HeadInput
 

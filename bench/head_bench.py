@@ -60,7 +60,7 @@ def make_inputs(tokens: int, hidden: int, vocab: int) -> Inputs:
 
 
 def _ours(fused: bool, adakd: bool, chunk_size: int) -> LossFn:
-    from adakd_ds.config import Divergence, LossConfig
+    from adakd_ds.config.schema import Divergence, LossConfig
     from adakd_ds.loss.adakd_loss import AdaKDLoss
     from adakd_ds.loss.fused_head import HeadInput
 

@@ -50,7 +50,7 @@ def make_inputs(tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, to
 def build(variant: str, chunk_size: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """A function (student, teacher, labels) -> scalar loss; imports happen here, before any measurement."""
     if variant in ("fkl_chunked", "adakd_rkl"):
-        from adakd_ds.config import Divergence, Indicator, LossConfig
+        from adakd_ds.config.schema import Divergence, Indicator, LossConfig
         from adakd_ds.loss.adakd_loss import AdaKDLoss
 
         if variant == "fkl_chunked":

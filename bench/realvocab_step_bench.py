@@ -36,9 +36,9 @@ def build_assets(root: Path, vocab: int, teacher_hidden: int, student_hidden: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adakd_ds.experiments.synthetic_tasks import generate_records, write_jsonl
-    from adakd_ds.experiments.testbed import llama_config
-    from adakd_ds.experiments.tokenizer_train import train_tokenizer
+    from adakd_ds.experiments.testbed.spec import llama_config
+    from adakd_ds.experiments.testbed.synthetic_tasks import generate_records, write_jsonl
+    from adakd_ds.experiments.testbed.tokenizer_train import train_tokenizer
 
     write_jsonl(generate_records(512, seed=0), str(root / "train.jsonl"))
     tok_dir = train_tokenizer(str(root / "train.jsonl"), str(root / "tokenizer"), vocab_size=512)

@@ -39,9 +39,9 @@ def build_assets(root: Path, teacher_hidden: int, student_hidden: int) -> dict[s
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adakd_ds.experiments.synthetic_tasks import generate_records, write_jsonl
-    from adakd_ds.experiments.testbed import llama_config
-    from adakd_ds.experiments.tokenizer_train import train_tokenizer
+    from adakd_ds.experiments.testbed.spec import llama_config
+    from adakd_ds.experiments.testbed.synthetic_tasks import generate_records, write_jsonl
+    from adakd_ds.experiments.testbed.tokenizer_train import train_tokenizer
 
     records = generate_records(512, seed=0)
     write_jsonl(records, str(root / "train.jsonl"))

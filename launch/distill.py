@@ -3,7 +3,7 @@
 import sys
 
 from adakd_ds.engine.cli import distill_main
-from adakd_ds.engine.supervisor import report_exit
+from adakd_ds.engine.guard.supervisor import report_exit
 
 if __name__ == "__main__":
     sys.exit(report_exit(distill_main()))

@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.experiments.grid import main
+from adakd_ds.experiments.grid.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.experiments.quickstart import main
+from adakd_ds.experiments.testbed.quickstart import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.engine.supervisor import main
+from adakd_ds.engine.guard.supervisor import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from adakd_ds.experiments.token_analysis import main
+from adakd_ds.experiments.grid.token_analysis import main
 
 if __name__ == "__main__":
     sys.exit(main())

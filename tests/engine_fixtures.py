@@ -59,7 +59,7 @@ def tiny_llama_config(vocab_size: int, hidden: int, layers: int, heads: int = 4)
 
 def make_records(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Varied lengths, so ranks hold different numbers of valid tokens."""
-    from adakd_ds.experiments.synthetic_tasks import generate_records
+    from adakd_ds.experiments.testbed.synthetic_tasks import generate_records
 
     return generate_records(n, seed)
 
@@ -69,7 +69,7 @@ def build_tiny_setup(root: Path, n_records: int = 64, teacher_vocab_pad: int = 0
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adakd_ds.experiments.synthetic_tasks import write_jsonl
+    from adakd_ds.experiments.testbed.synthetic_tasks import write_jsonl
     from tests.helpers_tokenizer import build_tiny_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)

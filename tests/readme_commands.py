@@ -195,7 +195,8 @@ def classify(word: str) -> Program | None:
 @contextlib.contextmanager
 def _stop_after_parsing() -> Iterator[io.StringIO]:
     """Every argparse parser, and the trainer's config loading, stops with ParsedOK once its arguments are read."""
-    from adakd_ds.engine import preflight, recipe
+    from adakd_ds.engine import recipe
+    from adakd_ds.engine.guard import preflight
 
     orig_parse, orig_known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
     depth = [0]
@@ -344,7 +345,7 @@ def _check_sbatch(cmd: Command) -> list[str]:
 
 
 def _check_run_config(path: str | None, overrides: list[str]) -> list[str]:
-    from adakd_ds.config import ConfigError, load_config
+    from adakd_ds.config.load import ConfigError, load_config
 
     if path is None or PLACEHOLDER in path:
         return []

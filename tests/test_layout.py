@@ -1,7 +1,9 @@
 """The package's folders are its architecture: every module imports, imports only point down the layers, no cycles.
 
-Layers, top to bottom: experiments -> engine / slurm -> eval -> loss / data / checkpoint -> config. A module may import
-its own subpackage and any subpackage that its table entry names, and nothing else of adakd_ds.
+Layers, top to bottom: experiments.grid -> experiments.testbed -> experiments -> engine -> engine.policy /
+engine.guard -> engine's plumbing -> slurm / eval -> loss / data / checkpoint -> config. A module may import its own
+part and any part that its table entry names, and nothing else of adakd_ds. A part is a top-level subpackage, or one
+of the rooms named in SUBPARTS; engine's plumbing (models, ds_config, ...) is every engine module but the recipe's flow.
 """
 
 from __future__ import annotations
@@ -14,15 +16,27 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "adakd_ds"
 
+# Rooms inside a top-level part that have a place of their own in the layering.
+SUBPARTS = ("engine.policy", "engine.guard", "experiments.testbed", "experiments.grid")
+# The engine modules that ARE the recipe's flow: the only ones that may import policy/ and guard/.
+ENGINE_TOP = {"adakd_ds.engine.recipe", "adakd_ds.engine.cli", "adakd_ds.engine.run_summary"}
+LOW = {"config", "loss", "data", "checkpoint", "eval"}
+
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "loss": {"config"},
     "data": {"config"},
     "checkpoint": {"config"},
     "eval": {"config", "data", "loss"},
-    "engine": {"config", "loss", "data", "checkpoint", "eval"},
+    "engine.plumbing": LOW,
+    "engine.policy": LOW | {"engine.plumbing"},
+    "engine.guard": LOW | {"engine.plumbing"},
+    "engine": LOW | {"engine.plumbing", "engine.policy", "engine.guard"},
     "slurm": {"config"},
-    "experiments": {"config", "loss", "data", "checkpoint", "eval", "engine", "slurm"},
+    "experiments": set(),  # experiments/seed_stats.py and the package docstring: plain statistics
+    "experiments.testbed": LOW | {"engine", "engine.plumbing", "engine.policy", "engine.guard", "slurm", "experiments"},
+    "experiments.grid": LOW
+    | {"engine", "engine.plumbing", "engine.policy", "engine.guard", "slurm", "experiments", "experiments.testbed"},
 }
 
 
@@ -38,9 +52,16 @@ def _modules() -> list[str]:
 
 
 def _part(module: str) -> str:
-    """The subpackage (or top-level module) of adakd_ds that `module` belongs to."""
+    """The part of adakd_ds that `module` belongs to (see SUBPARTS and ENGINE_TOP)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    if len(parts) < 2:
+        return ""
+    for sub in SUBPARTS:
+        if ".".join(parts[1:3]) == sub:
+            return sub
+    if parts[1] == "engine" and len(parts) > 2 and module not in ENGINE_TOP:
+        return "engine.plumbing"
+    return parts[1]
 
 
 def _imports(module: str) -> set[str]:
@@ -62,8 +83,32 @@ def _imports(module: str) -> set[str]:
 
 def test_top_level_is_the_architecture():
     entries = sorted(p.name for p in PKG.iterdir() if p.name not in ("__init__.py", "__pycache__"))
-    assert set(entries) <= {f"{k}.py" if k == "config" else k for k in ALLOWED}, entries
+    assert set(entries) <= {k for k in ALLOWED if "." not in k}, entries
     assert len(entries) <= 8, entries
+
+
+def test_every_folder_says_what_lives_there_and_what_it_may_import():
+    for init in sorted(PKG.rglob("__init__.py")):
+        if init.parent.name == "teacher":
+            continue
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc, f"{init.relative_to(PKG.parent)} has no docstring"
+
+
+def test_rooms_stay_small():
+    """No hall again: at most about 12 modules a folder, no module over about 400 lines."""
+    for folder in [PKG, *sorted(p for p in PKG.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= 12, f"{folder.relative_to(PKG.parent)}: {len(modules)} modules"
+    long = [f"{p.relative_to(PKG.parent)}: {n}" for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 410]
+    assert not long, long
+
+
+def test_the_layering_refuses_an_import_back_up():
+    """The rule itself can fail: policy importing the recipe, or testbed importing the grid, is against it."""
+    assert "engine" not in ALLOWED[_part("adakd_ds.engine.policy.responses")]
+    assert _part("adakd_ds.engine.recipe") == "engine" and _part("adakd_ds.engine.models") == "engine.plumbing"
+    assert "experiments.grid" not in ALLOWED[_part("adakd_ds.experiments.testbed.quickstart")]
 
 
 @pytest.mark.parametrize("module", _modules())

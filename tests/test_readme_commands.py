@@ -12,7 +12,8 @@ import re
 import pytest
 import yaml
 
-from adakd_ds.config import Mode, load_config
+from adakd_ds.config.load import load_config
+from adakd_ds.config.schema import Mode
 from tests.readme_commands import REPO, check_markdown, extract_commands
 
 README = (REPO / "README.md").read_text()

@@ -1,1 +1,1 @@
-"""Checkpoints: crash-safe sharded saves and resume, re-sharding to another world size, and HF export."""
+"""Checkpoints: crash-safe sharded saves and resume, re-sharding to another world size, and HF export. May import config only."""

@@ -150,7 +150,7 @@ def _unshare_step_tensors(engine: Any) -> int:
     DeepSpeed 0.19.8's ZeRO-3 UC loader (load_hp_checkpoint_state_from_checkpoint_dir_stage3) assigns ONE step
     tensor object to every sub-group, and torch Adam/AdamW increment it in place, so with k sub-groups (more
     partitioned elements per rank than sub_group_size) the step advanced k times per optimizer step and the bias
-    correction went wrong after a resume. Seen in tests/test_reshard.py with sub_group_size 1500.
+    correction went wrong after a resume. Seen in tests/engine/test_reshard.py with sub_group_size 1500.
     """
     inner = getattr(engine.optimizer, "optimizer", None)
     states = getattr(inner, "state", {})

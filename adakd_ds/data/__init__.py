@@ -1,4 +1,4 @@
-"""Training data: load and check records, tokenise once (cached), order them globally, collate micro-batches."""
+"""Training data: load and check records, tokenise once (cached), order them globally, collate micro-batches. May import config only."""
 
 from adakd_ds.data.collate import Collator, collate_samples, pad_token_id
 from adakd_ds.data.dataset import TokenizedData, build_dataset, load_and_tokenize

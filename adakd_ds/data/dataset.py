@@ -12,7 +12,7 @@ from typing import Any
 
 import datasets
 
-from adakd_ds.config import DataConfig, DataFormat
+from adakd_ds.config.schema import DataConfig, DataFormat
 from adakd_ds.data.errors import DataError
 from adakd_ds.data.source import load_source
 from adakd_ds.data.tokenize import tokenize_dataset

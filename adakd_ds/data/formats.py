@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adakd_ds.config import DataFormat
+from adakd_ds.config.schema import DataFormat
 from adakd_ds.data.errors import DataError
 
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"

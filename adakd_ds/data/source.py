@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from adakd_ds.config import DataConfig, DataFormat
+from adakd_ds.config.schema import DataConfig, DataFormat
 from adakd_ds.data.errors import DataError
 from adakd_ds.data.formats import check_record, resolve_format
 

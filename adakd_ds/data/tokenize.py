@@ -24,7 +24,7 @@ from typing import Any
 
 import datasets
 
-from adakd_ds.config import DataFormat
+from adakd_ds.config.schema import DataFormat
 from adakd_ds.data.errors import DataError
 from adakd_ds.data.formats import render_example
 

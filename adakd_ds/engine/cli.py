@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 
-from adakd_ds.engine.preemption import EXIT_BAD_INPUT
+from adakd_ds.engine.guard.preemption import EXIT_BAD_INPUT
 
 USAGE = """adakd-distill --config RUN.yaml [--section.key value ...]
 
@@ -43,7 +43,7 @@ def _quiet_library_warnings() -> None:
 
 def distill_main(argv: list[str] | None = None) -> int:
     from adakd_ds.checkpoint.manager import CheckpointError
-    from adakd_ds.config import ConfigError, load_config
+    from adakd_ds.config.load import ConfigError, load_config
 
     _quiet_library_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -57,7 +57,7 @@ def distill_main(argv: list[str] | None = None) -> int:
             return _fail("adakd-distill", ConfigError("--config needs a path"))
         config_path = argv[i + 1]
         del argv[i : i + 2]
-    from adakd_ds.engine.preflight import preflight
+    from adakd_ds.engine.guard.preflight import preflight
 
     try:
         cfg = load_config(config_path, _normalise_flags(argv))
@@ -69,8 +69,8 @@ def distill_main(argv: list[str] | None = None) -> int:
         print("preflight ok: " + "; ".join(notes), flush=True)
 
     from adakd_ds.checkpoint.save_errors import CheckpointSaveError
-    from adakd_ds.engine.nan_guard import NonFiniteAbort
-    from adakd_ds.engine.preemption import EXIT_FAILED
+    from adakd_ds.engine.guard.nan_guard import NonFiniteAbort
+    from adakd_ds.engine.guard.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(cfg)

@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from adakd_ds.config import DType, RunConfig
+from adakd_ds.config.schema import DType, RunConfig
 
 AUTO = "auto"
 

@@ -1,4 +1,4 @@
-"""history.jsonl on resume: cut it back to the checkpoint's step, so the file shows one trajectory.
+"""history.jsonl: appended per step on rank 0, and on resume cut back to the checkpoint's step, so the file shows one trajectory.
 
 Why: after a crash the steps between the last checkpoint and the crash are trained again; their first lines used to
 stay, so the file held those steps twice with different numbers. TensorBoard's `purge_step` does the same for its
@@ -33,3 +33,17 @@ def truncate_history(path: Path, step: int) -> int:
         tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         os.replace(tmp, path)
     return dropped
+
+
+class JsonlHistory(list):
+    """A list that also appends each entry to a jsonl file (rank 0), flushed per step so a crash keeps it."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, item: dict[str, float]) -> None:
+        super().append(item)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(item) + "\n")

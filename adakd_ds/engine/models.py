@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adakd_ds.config import DType, ModelConfig
+from adakd_ds.config.schema import DType, ModelConfig
 from adakd_ds.engine.ds_config import assert_no_auto, check_student_config, fill_bucket_sizes
 
 TORCH_DTYPES: dict[DType, torch.dtype] = {DType.FP32: torch.float32, DType.BF16: torch.bfloat16}

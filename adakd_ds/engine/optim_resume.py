@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adakd_ds.config import RunConfig
+from adakd_ds.config.schema import RunConfig
 
 # Continuation keys the optimizer state would otherwise override (the recipe refuses a change unless forced).
 OPTIMIZER_KEYS = (("train", "lr"), ("train", "weight_decay"))

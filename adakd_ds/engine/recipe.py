@@ -19,49 +19,29 @@ from adakd_ds.checkpoint.export import export_hf
 from adakd_ds.checkpoint.manager import CheckpointError, CheckpointManager, read_marker, resolve_resume
 from adakd_ds.checkpoint.reshard import load_resharded
 from adakd_ds.checkpoint.rollback import set_aside_newer
-from adakd_ds.config import (
-    ConfigError,
-    FusedHead,
-    LossConfig,
-    Mode,
-    RunConfig,
-    config_to_dict,
-    resolve_shipped_path,
-    save_config,
-)
+from adakd_ds.config.load import ConfigError, config_to_dict, resolve_shipped_path, save_config
+from adakd_ds.config.schema import FusedHead, LossConfig, Mode, RunConfig
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
+from adakd_ds.engine.continuation import check_continuation
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
-from adakd_ds.engine.heldout import HeldoutEval
-from adakd_ds.engine.history_file import truncate_history
-from adakd_ds.engine.launcher_watch import watch_launchers
+from adakd_ds.engine.guard.launcher_watch import watch_launchers
+from adakd_ds.engine.guard.nan_guard import NanGuard
+from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.guard.tokenizer_match import check_teacher_tokenizer
+from adakd_ds.engine.history_file import JsonlHistory, truncate_history
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
 from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
-from adakd_ds.engine.nan_guard import NanGuard
-from adakd_ds.engine.optim_resume import OPTIMIZER_KEYS, apply_optimizer_settings
-from adakd_ds.engine.preemption import EXIT_PREEMPTED, PreemptionWatch
-from adakd_ds.engine.responses import ResponseProvider
+from adakd_ds.engine.optim_resume import apply_optimizer_settings
+from adakd_ds.engine.policy.heldout import HeldoutEval
+from adakd_ds.engine.policy.responses import ResponseProvider
 from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
-from adakd_ds.engine.tokenizer_match import check_teacher_tokenizer
 from adakd_ds.eval.hidden_forward import call_loss, model_output, resolve_fused_head
 from adakd_ds.eval.progress import SetupStages, Stage
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
-
-# Settings that a resumed run must share with the checkpoint, or it is not a continuation (--resume_force overrides).
-CONTINUATION_KEYS = (
-    ("mode",),
-    ("model", "teacher"),
-    ("model", "student"),
-    ("model", "student_config"),
-    ("data", "source"),
-    ("data", "max_prompt_len"),
-    ("data", "max_len"),
-    ("train", "seed"),
-    *OPTIMIZER_KEYS,  # restored from the optimizer state: a change is refused, or applied when forced
-)
 
 
 class DistillRecipe:
@@ -99,7 +79,7 @@ class DistillRecipe:
         self.stages.done(Stage.DATA, f"{len(self.dataset)} samples, {self.total_steps} optimizer steps")
         self.heldout = HeldoutEval(cfg, self.tokenizer, self.collate.pad_id, self.rank, self.world, _barrier)
         if self.resume_dir is not None:
-            self._check_continuation(self.resume_dir)
+            check_continuation(self.resume_dir, self.cfg, self.data_hash, self.global_micro * self.cfg.train.grad_accum)
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
         self._setup_model(ds_config)
         self.stages.done(Stage.STUDENT, "ZeRO-3 engine with optimizer")
@@ -133,7 +113,7 @@ class DistillRecipe:
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
         if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
             truncate_history(self.out / "history.jsonl", self.global_step)
-        self.history = _JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
+        self.history = JsonlHistory(self.out / "history.jsonl" if self.rank == 0 else None)
 
     def _setup_output_dir(self) -> None:
         try:
@@ -188,26 +168,6 @@ class DistillRecipe:
         self.teacher = build_teacher(self.cfg.model, teacher_ds, self.cfg.train.dtype)
 
     # ----------------------------------------------------------------------------------------------------- resume
-    def _check_continuation(self, tag_dir: Path) -> None:
-        """Refuse to continue a checkpoint of another model, data or global batch unless forced."""
-        state_file = tag_dir / "trainer_state.json"
-        saved = json.loads(state_file.read_text(encoding="utf-8"))
-        saved_cfg, now = saved.get("config", {}), config_to_dict(self.cfg)
-        problems = []
-        for path in CONTINUATION_KEYS:
-            old, new = _dig(saved_cfg, path), _dig(now, path)
-            if old != new:
-                problems.append(f"{'.'.join(path)}: {old!r} -> {new!r}")
-        if saved.get("data_hash") != self.data_hash:
-            problems.append("the data source's content or the tokenizer changed")
-        batch = self.global_micro * self.cfg.train.grad_accum
-        if saved.get("global_batch") != batch:
-            problems.append(f"global batch: {saved.get('global_batch')} -> {batch}")
-        if problems and not self.cfg.resume_force:
-            raise CheckpointError(
-                f"cannot continue {tag_dir}: " + "; ".join(problems) + " (pass --resume_force true to continue anyway)"
-            )
-
     def _load_checkpoint(self, tag_dir: Path) -> None:
         saved_world = read_marker(tag_dir).get("world_size")
         if saved_world == self.world:
@@ -398,29 +358,9 @@ class DistillRecipe:
         shutdown_distributed(holders)
 
 
-class _JsonlHistory(list):
-    """A list that also appends each entry to a jsonl file (rank 0), flushed per step so a crash keeps it."""
-
-    def __init__(self, path: Path | None) -> None:
-        super().__init__()
-        self.path = path
-
-    def append(self, item: dict[str, float]) -> None:
-        super().append(item)
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(item) + "\n")
-
-
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree.get(key, {}) if isinstance(tree, dict) else {}
-    return tree if tree != {} else None
 
 
 def _sft_loss(cfg: RunConfig) -> LossConfig:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from adakd_ds.checkpoint.manager import CKPT_DIRNAME, list_tags
-from adakd_ds.config import RunConfig
-from adakd_ds.engine.preemption import EXIT_PREEMPTED
+from adakd_ds.config.schema import RunConfig
+from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED
 
 EXPORT_DIRNAME = "export"
 TENSORBOARD_DIRNAME = "tensorboard"

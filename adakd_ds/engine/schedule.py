@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from adakd_ds.config import Schedule, TrainConfig
+from adakd_ds.config.schema import Schedule, TrainConfig
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:

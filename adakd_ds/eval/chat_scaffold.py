@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adakd_ds.config import DataFormat
+from adakd_ds.config.schema import DataFormat
 from adakd_ds.data.formats import ASSISTANT, render_example
 
 SENTINEL = "ADAKDSENTINELANSWER"

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from adakd_ds.config import Divergence, DType
+from adakd_ds.config.schema import Divergence, DType
 from adakd_ds.data.formats import render_prompt
 from adakd_ds.data.tokenize import encode_prompts
 from adakd_ds.eval.chat_scaffold import response_scaffold, strip_scaffold

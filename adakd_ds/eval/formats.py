@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from adakd_ds.config import DataFormat
+from adakd_ds.config.schema import DataFormat
 from adakd_ds.data.formats import ASSISTANT, check_record
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from adakd_ds.config import Divergence, FusedHead
+from adakd_ds.config.schema import Divergence, FusedHead
 from adakd_ds.data.tokenize import IGNORE_INDEX, build_sample, encode_prompts
 from adakd_ds.eval.hidden_forward import model_output, resolve_fused_head
 from adakd_ds.loss.chunked_grad import row_chunks

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adakd_ds.config import FusedHead
+from adakd_ds.config.schema import FusedHead
 from adakd_ds.loss.fused_head import HeadInput
 
 # model types whose logits are exactly lm_head(last_hidden_state): no logit scaling or soft-capping after the head

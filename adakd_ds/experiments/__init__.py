@@ -1,2 +1,3 @@
-"""Experiments on top of the engine: the quickstart, its pipeline, the grid runner and its report, the embedded
-synthetic tasks and tokenizer training."""
+"""Experiments on top of the engine, in two rooms: testbed/ (the synthetic tasks, the shipped teacher and the
+quickstart) and grid/ (the Table 1 grid runner, its report, chart and token analysis; it may import testbed/, never the
+reverse). seed_stats.py is the mean ± std convention that both share."""

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adakd_ds.config import Indicator, LossConfig
+from adakd_ds.config.schema import Indicator, LossConfig
 from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info

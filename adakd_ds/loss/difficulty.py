@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from adakd_ds.config import Indicator
+from adakd_ds.config.schema import Indicator
 from adakd_ds.loss.divergences._common import kl_from_logs, log_mixture, tempered_log_probs, work_dtype
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adakd_ds.config import LossConfig
+from adakd_ds.config.schema import LossConfig
 
 
 def top_count(n: int, ratio: float) -> int:

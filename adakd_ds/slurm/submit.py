@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from adakd_ds.config import ConfigError, load_config
+from adakd_ds.config.load import ConfigError, load_config
 from adakd_ds.slurm.render import Accelerator, Launcher, SlurmJob, SlurmJobError, render_sbatch
 
 

@@ -31,7 +31,7 @@ def teacher_matches_disk(module: torch.nn.Module, teacher_dir: str) -> bool:
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     cfg_path, report = args[0], Path(args[1])
-    from adakd_ds.config import load_config
+    from adakd_ds.config.load import load_config
     from adakd_ds.engine.recipe import DistillRecipe
 
     recipe = DistillRecipe(load_config(cfg_path))

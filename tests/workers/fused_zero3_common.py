@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from adakd_ds.config import Divergence, LossConfig
+from adakd_ds.config.schema import Divergence, LossConfig
 
 VOCAB, B, L = 61, 4, 10
 RATIO = 0.6  # LATF keeps a scattered subset of the global batch

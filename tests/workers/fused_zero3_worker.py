@@ -1,4 +1,4 @@
-"""One rank of the 2-rank ZeRO-3 fused-head test (run by tests/test_fused_head_zero3.py under torchrun).
+"""One rank of the 2-rank ZeRO-3 fused-head test (run by tests/loss/test_fused_head_zero3.py under torchrun).
 
 For each student (tied and untied head) and each path (unfused logits, fused head), rank r runs its half of a fixed
 batch through the real ZeRO-3 teacher and student engines, the AdaKD loss and engine.backward, then reads every
@@ -56,7 +56,7 @@ def main() -> None:
     from adakd_ds.engine.distributed import init_distributed, shutdown_distributed
 
     info = init_distributed()
-    from adakd_ds.config import DType, RunConfig
+    from adakd_ds.config.schema import DType, RunConfig
     from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
     from adakd_ds.engine.models import build_student, build_teacher
 

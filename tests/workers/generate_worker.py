@@ -1,4 +1,4 @@
-"""Student generation under the real ZeRO-3 recipe, for tests/test_student_generate.py.
+"""Student generation under the real ZeRO-3 recipe, for tests/data/test_student_generate.py.
 
 usage: generate_worker.py RUN.yaml REPORT_DIR   (the launcher's --local_rank is ignored)
 With `policy.data_policy: gkd` and `gkd_alpha: 1` it writes, on rank 0:
@@ -31,8 +31,8 @@ def distillm_steps(recipe, steps: int) -> list:
     """[source, rows (input_ids, labels), buffer length] per step of a distillm provider on this rank."""
     import dataclasses
 
-    from adakd_ds.config import DataPolicy
-    from adakd_ds.engine.responses import ResponseProvider
+    from adakd_ds.config.schema import DataPolicy
+    from adakd_ds.engine.policy.responses import ResponseProvider
 
     cfg = recipe.cfg
     policy = dataclasses.replace(
@@ -56,10 +56,10 @@ def main() -> int:
     cfg_path, report = args[0], Path(args[1])
     import torch.distributed as dist
 
-    from adakd_ds.config import load_config
+    from adakd_ds.config.load import load_config
     from adakd_ds.engine.models import unwrap
+    from adakd_ds.engine.policy.student_generate import generate_samples
     from adakd_ds.engine.recipe import DistillRecipe
-    from adakd_ds.engine.student_generate import generate_samples
 
     recipe = DistillRecipe(load_config(cfg_path))
     try:

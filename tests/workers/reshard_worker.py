@@ -1,4 +1,4 @@
-"""A tiny ZeRO-3 Llama run for tests/test_reshard.py: train, save, go on; or load a checkpoint of another world size.
+"""A tiny ZeRO-3 Llama run for tests/engine/test_reshard.py: train, save, go on; or load a checkpoint of another world size.
 
 phase=train: 3 optimizer steps, a checkpoint at step 3 (CheckpointManager, the recipe's layout), the fp32 params
 gathered at save time, then 3 more steps. phase=resume: a fresh engine on this world size loads the step-3 checkpoint

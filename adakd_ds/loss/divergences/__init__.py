@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from adakd_ds.config import Divergence, LossConfig
+from adakd_ds.config.schema import Divergence, LossConfig
 from adakd_ds.loss.divergences.ab import alpha_beta
 from adakd_ds.loss.divergences.fkl import forward_kl, forward_kl_with_grad
 from adakd_ds.loss.divergences.jsd import jensen_shannon

@@ -1,0 +1,240 @@
+"""The run configuration: one dataclass tree is the single source of truth, with an explicit Enum for every choice.
+
+A YAML/JSON file and ``--section.key value`` CLI overrides both fill it (load.py); an unknown key is an error that
+names the key and where it came from, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from adakd_ds.config.ranges import range_problems
+
+
+class Mode(str, enum.Enum):
+    SFT = "sft"  # labels only: teacher fine-tuning and the SFT baseline
+    DISTILL = "distill"
+
+
+class DType(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class DataFormat(str, enum.Enum):
+    AUTO = "auto"  # detected from the first record's keys
+    INSTRUCTION = "instruction"  # {instruction, input|context, output|response}
+    PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion}
+    MESSAGES = "messages"  # {messages: [{role, content}]} through the chat template
+
+
+class Divergence(str, enum.Enum):
+    FKL = "fkl"
+    RKL = "rkl"
+    JSD = "jsd"
+    TVD = "tvd"
+    SFKL = "sfkl"
+    SRKL = "srkl"
+    AB = "ab"
+
+
+class Indicator(str, enum.Enum):
+    HELLINGER = "hellinger"
+    FKL = "fkl"
+    RKL = "rkl"
+    JSD = "jsd"
+    CE = "ce"
+    ENTROPY = "entropy"
+    RANDOM = "random"
+
+
+class DataPolicy(str, enum.Enum):
+    DATASET = "dataset"  # the dataset's responses (supervised KD)
+    GKD = "gkd"  # on-policy: with probability gkd_alpha per step, the current student's own samples
+    DISTILLM = "distillm"  # adaptive off-policy: fresh student samples or a replay buffer, gated by a threshold phi
+
+
+class ValMetric(str, enum.Enum):
+    CE = "ce"  # the held-out label cross-entropy (eval/ce)
+    KD = "kd"  # the held-out KD divergence to the teacher (eval/kd)
+
+
+class FusedHead(str, enum.Enum):
+    AUTO = "auto"  # fused where the model has a standard lm_head (eval/hidden_forward.FUSED_HEAD_FAMILIES)
+    TRUE = "true"  # fused; a model outside those families is an error
+    FALSE = "false"  # the models materialise their [T, V] logits
+
+
+class Schedule(str, enum.Enum):
+    COSINE = "cosine"  # linear warm-up, then cosine to min_lr_ratio * lr
+    CONSTANT = "constant"  # linear warm-up, then flat
+
+
+@dataclass
+class ModelConfig:
+    teacher: str | None = None  # HF path or directory; required for mode=distill
+    student: str | None = None  # HF path or directory to start from
+    student_config: str | None = None  # HF config (dir or config.json) to build a fresh student from
+    tokenizer: str | None = None  # defaults to the student, else the teacher
+    gradient_checkpointing: bool = False  # non-reentrant
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # local .jsonl/.json/.parquet file, or a hub dataset name when online
+    format: DataFormat = DataFormat.AUTO
+    split: str = "train"
+    max_prompt_len: int = 256  # longer prompts are cut from the left
+    max_len: int = 512  # prompt + response, cut from the right
+    eval_source: str | None = None  # held-out data for eval loss / KD divergence
+    cache_dir: str | None = None  # datasets' cache; None means the datasets default
+
+
+@dataclass
+class LossConfig:
+    divergence: Divergence = Divergence.RKL
+    adakd: bool = True  # master switch; latf / idts pick the parts for ablations
+    latf: bool = True
+    idts: bool = True
+    indicator: Indicator = Indicator.HELLINGER
+    temperature: float = 1.0  # tau_base (and the fixed temperature without IDTS)
+    # LATF ratio controller
+    ratio_init: float = 1.0
+    r_min: float = 0.1
+    ema_beta: float = 0.99
+    eps: float = 0.05
+    delta: float = 0.05
+    warmup_frac: float = 0.05
+    # IDTS
+    c: float = 0.5
+    inverse_sign: bool = True  # True: hard tokens get a LOW temperature (the method); False is the ablation
+    # divergence parameters
+    jsd_beta: float = 0.5
+    skew_lambda: float = 0.1
+    ab_alpha: float = 0.2
+    ab_beta: float = 0.7
+    # mixing and memory
+    kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
+    chunk_size: int = 0  # tokens per fp32 [chunk, V] working set; 0 = auto (about 2**20 logits per chunk)
+    fused_head: FusedHead = FusedHead.AUTO  # logits made chunk by chunk from hidden states: no [T, V] tensor
+
+    @property
+    def use_latf(self) -> bool:
+        return self.adakd and self.latf
+
+    @property
+    def use_idts(self) -> bool:
+        return self.adakd and self.idts
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    schedule: Schedule = Schedule.COSINE
+    warmup_ratio: float = 0.03  # of total optimizer steps, for the lr
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int = -1  # > 0 overrides epochs
+    micro_batch: int = 4  # per rank
+    grad_accum: int = 1
+    seed: int = 42
+    dtype: DType = DType.FP32
+    eval_interval: int = 0  # optimizer steps between held-out evals (data.eval_source); 0 = only at the end
+    max_bad_steps: int = 5  # consecutive non-finite (skipped) steps before the run aborts
+
+
+@dataclass
+class PolicyConfig:
+    """Where each step's responses come from (adakd_ds/engine/policy/data_policy.py)."""
+
+    data_policy: DataPolicy = DataPolicy.DATASET
+    gkd_alpha: float = 0.5  # gkd: probability per optimizer step of training on the student's own samples
+    capacity: int = 1000  # distillm: replay buffer size, sequences per rank
+    init_threshold: float = 0.0  # distillm: phi at the start
+    threshold_step: float = 0.1  # distillm: phi's rise when the validation loss rose by loss_eps
+    loss_eps: float = 0.1  # distillm: rise of the validation loss since the last phi rise that raises phi
+    val_metric: ValMetric = ValMetric.CE  # distillm: which held-out number is its validation loss
+
+    def problems(self, mode: Mode, eval_source: str | None, eval_interval: int) -> list[str]:
+        """Settings that cannot work, one phrase each (collected by RunConfig.validate)."""
+        out = []
+        if not 0.0 <= self.gkd_alpha <= 1.0:
+            out.append(f"policy.gkd_alpha must be in [0, 1], got {self.gkd_alpha}")
+        if self.capacity < 1:
+            out.append(f"policy.capacity must be >= 1 sequence, got {self.capacity}")
+        if not 0.0 <= self.init_threshold <= 1.0:
+            out.append(f"policy.init_threshold must be in [0, 1], got {self.init_threshold}")
+        if self.data_policy is not DataPolicy.DATASET and mode is not Mode.DISTILL:
+            out.append(f"policy.data_policy {self.data_policy.value} needs mode=distill")
+        if self.data_policy is DataPolicy.DISTILLM and not eval_source:
+            out.append("policy.data_policy distillm needs data.eval_source (its threshold follows the held-out loss)")
+        if self.data_policy is DataPolicy.DISTILLM and eval_interval < 1:
+            out.append("policy.data_policy distillm needs train.eval_interval >= 1")
+        return out
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/adakd"
+    log_interval: int = 10  # optimizer steps between TensorBoard writes
+    save_interval: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # complete checkpoints kept by rotation
+    export: bool = True  # write a consolidated HF model at the end
+    tensorboard: bool = True
+
+
+@dataclass
+class DeepSpeedConfig:
+    student: str = "ds_configs/zero3.json"
+    teacher: str | None = None  # None: derived from the student's (stage 3, no optimizer)
+
+
+@dataclass
+class RunConfig:
+    mode: Mode = Mode.DISTILL
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    resume: str = "auto"  # auto | none | a checkpoint path
+    resume_force: bool = False
+
+    def validate(self) -> None:
+        """Reject settings that would fail late or train the wrong thing."""
+        problems = []
+        if self.mode is Mode.DISTILL and not self.model.teacher:
+            problems.append("model.teacher is required for mode=distill")
+        if not (self.model.student or self.model.student_config):
+            problems.append("set model.student (a model to load) or model.student_config (to build one)")
+        if not self.data.source:
+            problems.append("data.source is required")
+        if not 0.0 <= self.loss.kd_ratio <= 1.0:
+            problems.append(f"loss.kd_ratio must be in [0, 1], got {self.loss.kd_ratio}")
+        if not 0.0 < self.loss.r_min <= 1.0:
+            problems.append(f"loss.r_min must be in (0, 1], got {self.loss.r_min}")
+        if not self.loss.r_min <= self.loss.ratio_init <= 1.0:
+            problems.append(f"loss.ratio_init must be in [r_min, 1], got {self.loss.ratio_init}")
+        for name in ("micro_batch", "grad_accum", "epochs"):
+            if getattr(self.train, name) < 1:
+                problems.append(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
+        for name in ("jsd_beta", "skew_lambda"):
+            if not 0.0 < getattr(self.loss, name) < 1.0:
+                problems.append(f"loss.{name} must lie strictly in (0, 1), got {getattr(self.loss, name)}")
+        if self.loss.ab_alpha == 0 or self.loss.ab_beta == 0 or self.loss.ab_alpha + self.loss.ab_beta == 0:
+            problems.append("loss.ab_alpha, loss.ab_beta and their sum must be non-zero")
+        if self.loss.chunk_size < 0:
+            problems.append(f"loss.chunk_size must be >= 0 (0 = auto), got {self.loss.chunk_size}")
+        if self.data.max_prompt_len >= self.data.max_len:
+            problems.append("data.max_prompt_len must be smaller than data.max_len")
+        if self.train.eval_interval < 0:
+            problems.append(f"train.eval_interval must be >= 0, got {self.train.eval_interval}")
+        problems += self.policy.problems(self.mode, self.data.eval_source, self.train.eval_interval)
+        problems += [p for p in range_problems(self) if not any(p.split()[0] in q for q in problems)]
+        if problems:
+            raise ValueError("invalid config: " + "; ".join(problems))
