@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NOT YET RUN: prepared for a session that is lent a GPU (issue 14); no number in the README comes from it yet.
+# NOT YET RUN: prepared for a session that is lent a GPU (issue 14); no number in README.md or docs/benchmarks.md comes from it yet.
 # 1) the fused and unfused AdaKD-rkl loss at 8192 tokens x 151936 vocab (hidden 1536) in bf16: time and peak CUDA
 #    memory; 2) a 20-step distillation of a small real-vocab pair on 1 GPU under ZeRO-3, fused vs unfused: tokens/s.
 # Usage (from the repository root, the package installed): bash bench/gpu_check.sh

@@ -1,10 +1,13 @@
-"""Extract the shell commands that README.md shows in code blocks and check that each one would start.
+"""Extract the shell commands that README.md and docs/*.md show in code blocks and check that each one would start.
 
 Why: README commands rot silently (configs/distill.yaml was shown long before it existed). For every command this
 checks, without running anything heavy, that the script / module / console script exists, that its flags pass its own
 argument parser (the real parser, stopped right after parsing), that every config file it names exists and loads as a
 run config with the given overrides, and that every path into the repository's own folders exists. A command whose
-program is in no registry below is an error, so a new kind of README command gets a conscious check.
+program is in no registry below is an error, so a new kind of README command gets a conscious check. A line that
+the shell could not parse (an unclosed quote) is an error too. Beside the commands, every relative Markdown link of
+those files must point at a file that exists (and at a heading of it, for `file.md#anchor`), and every repository path
+named in backticks (`adakd_ds/engine/recipe.py`) must exist, so a moved file cannot leave the docs behind.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.doc_links import check_links, check_prose_paths, line_name
 
 REPO = Path(__file__).resolve().parents[1]
 SHELL_LANGS = ("bash", "sh", "shell", "console")
@@ -68,6 +73,7 @@ class Command:
     text: str
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
+    error: str | None = None  # the shell could not parse the line
 
 
 class ParsedOK(BaseException):  # noqa: N818 - a signal, not an error
@@ -132,7 +138,11 @@ def extract_commands(text: str) -> list[Command]:
             else:
                 joined.append((n, line.strip()))
         for n, line in joined:
-            tokens = shlex.split(line, comments=True)
+            try:
+                tokens = shlex.split(line, comments=True)
+            except ValueError as exc:
+                commands.append(Command(n, line, error=f"the shell cannot parse it: {exc}"))
+                continue
             current: list[str] = []
             for tok in [*tokens, ";"]:
                 if tok not in SEPARATORS:
@@ -383,6 +393,8 @@ def _trainer_overrides(cmd: Command) -> list[str]:
 
 def check_command(cmd: Command) -> list[str]:
     """Problems with one command (empty when it would start)."""
+    if cmd.error:
+        return [cmd.error]
     kind = classify(cmd.argv[0])
     if kind is None:
         return [f"unknown program {cmd.argv[0]!r}: add it to a registry in tests/readme_commands.py"]
@@ -402,9 +414,21 @@ def check_command(cmd: Command) -> list[str]:
     return problems + _trainer_overrides(cmd)
 
 
-def check_markdown(text: str) -> list[str]:
-    """`README.md:LINE: command: problem` for every problem of every command in a markdown text."""
+def doc_files() -> list[Path]:
+    """README.md and every docs/*.md: the files whose commands, links and paths are checked."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def check_markdown(text: str, name: str = "README.md") -> list[str]:
+    """`NAME:LINE: command: problem` for every problem of every command in a markdown text."""
     out = []
     for cmd in extract_commands(text):
-        out += [f"README.md:{cmd.line}: {shlex.join(cmd.argv)}: {p}" for p in check_command(cmd)]
+        shown = shlex.join(cmd.argv) if cmd.argv else cmd.text
+        out += [f"{name}:{cmd.line}: {shown}: {p}" for p in check_command(cmd)]
     return out
+
+
+def check_doc_file(path: Path) -> list[str]:
+    """Commands, links and backticked paths of one markdown file."""
+    text = path.read_text()
+    return check_markdown(text, line_name(path)) + check_links(text, path) + check_prose_paths(text, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "adakd_ds"
+LAYOUT_DOC = PKG.parent / "docs" / "development.md"
 
 # Rooms inside a top-level part that have a place of their own in the layering.
 SUBPARTS = ("engine.policy", "engine.guard", "experiments.testbed", "experiments.grid")
@@ -102,6 +103,28 @@ def test_rooms_stay_small():
         assert len(modules) <= 12, f"{folder.relative_to(PKG.parent)}: {len(modules)} modules"
     long = [f"{p.relative_to(PKG.parent)}: {n}" for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 410]
     assert not long, long
+
+
+def _doc_table() -> dict[str, set[str]]:
+    """part -> what it may import, as docs/development.md's layout table says."""
+    text = LAYOUT_DOC.read_text()
+    start, end = text.index("<!-- layout-table"), text.index("<!-- /layout-table -->")
+    table = {}
+    for line in text[start:end].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            part, folder, may = cells
+            assert (PKG.parent / folder.strip("`")).is_dir(), f"docs/development.md: {folder} is no folder"
+            table[part.strip("`")] = set() if may == "nothing" else {m.strip(" `") for m in may.split(",")}
+    return table
+
+
+def test_the_documented_layout_is_the_enforced_one():
+    """docs/development.md's table of what each part may import is ALLOWED, row for row."""
+    documented = _doc_table()
+    assert set(documented) == set(ALLOWED), set(documented) ^ set(ALLOWED)
+    wrong = {part: (documented[part], ALLOWED[part]) for part in ALLOWED if documented[part] != ALLOWED[part]}
+    assert not wrong, f"docs/development.md differs from ALLOWED (documented, enforced): {wrong}"
 
 
 def test_the_layering_refuses_an_import_back_up():

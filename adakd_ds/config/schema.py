@@ -14,12 +14,12 @@ from adakd_ds.config.ranges import range_problems
 
 class Mode(str, enum.Enum):
     SFT = "sft"  # labels only: teacher fine-tuning and the SFT baseline
-    DISTILL = "distill"
+    DISTILL = "distill"  # KD from the teacher (AdaKD or a plain divergence), optionally mixed with CE
 
 
 class DType(str, enum.Enum):
-    FP32 = "fp32"
-    BF16 = "bf16"
+    FP32 = "fp32"  # full precision
+    BF16 = "bf16"  # DeepSpeed bf16 mixed precision (fp32 master weights)
 
 
 class DataFormat(str, enum.Enum):
@@ -30,23 +30,23 @@ class DataFormat(str, enum.Enum):
 
 
 class Divergence(str, enum.Enum):
-    FKL = "fkl"
-    RKL = "rkl"
-    JSD = "jsd"
-    TVD = "tvd"
-    SFKL = "sfkl"
-    SRKL = "srkl"
-    AB = "ab"
+    FKL = "fkl"  # forward KL(p || q)
+    RKL = "rkl"  # reverse KL(q || p), the paper's base
+    JSD = "jsd"  # generalised Jensen-Shannon, weight jsd_beta
+    TVD = "tvd"  # total variation
+    SFKL = "sfkl"  # skewed forward KL, skew_lambda
+    SRKL = "srkl"  # skewed reverse KL, skew_lambda (DistiLLM)
+    AB = "ab"  # alpha-beta divergence, ab_alpha and ab_beta (ABKD)
 
 
 class Indicator(str, enum.Enum):
-    HELLINGER = "hellinger"
+    HELLINGER = "hellinger"  # the paper's
     FKL = "fkl"
     RKL = "rkl"
     JSD = "jsd"
-    CE = "ce"
-    ENTROPY = "entropy"
-    RANDOM = "random"
+    CE = "ce"  # the student's label cross-entropy
+    ENTROPY = "entropy"  # the teacher's entropy
+    RANDOM = "random"  # a seeded random score (an ablation)
 
 
 class DataPolicy(str, enum.Enum):
@@ -83,8 +83,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = ""  # local .jsonl/.json/.parquet file, or a hub dataset name when online
-    format: DataFormat = DataFormat.AUTO
-    split: str = "train"
+    format: DataFormat = DataFormat.AUTO  # the record layout
+    split: str = "train"  # the split of a hub dataset (a local file is its one split)
     max_prompt_len: int = 256  # longer prompts are cut from the left
     max_len: int = 512  # prompt + response, cut from the right
     eval_source: str | None = None  # held-out data for eval loss / KD divergence
@@ -93,27 +93,27 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    divergence: Divergence = Divergence.RKL
+    divergence: Divergence = Divergence.RKL  # the base divergence d between teacher and student
     adakd: bool = True  # master switch; latf / idts pick the parts for ablations
-    latf: bool = True
-    idts: bool = True
-    indicator: Indicator = Indicator.HELLINGER
+    latf: bool = True  # LATF: train on the top-r hardest tokens only
+    idts: bool = True  # IDTS: a temperature per token from its difficulty
+    indicator: Indicator = Indicator.HELLINGER  # the token difficulty score that LATF and IDTS read
     temperature: float = 1.0  # tau_base (and the fixed temperature without IDTS)
     # LATF ratio controller
-    ratio_init: float = 1.0
-    r_min: float = 0.1
-    ema_beta: float = 0.99
-    eps: float = 0.05
-    delta: float = 0.05
-    warmup_frac: float = 0.05
+    ratio_init: float = 1.0  # r before the first update; with warmup_frac > 0 the warm-up sets r = 1
+    r_min: float = 0.1  # the floor of r
+    ema_beta: float = 0.99  # EMA factor of the rank-averaged step loss
+    eps: float = 0.05  # relative band: r moves when the EMA leaves ref * (1 +- eps)
+    delta: float = 0.05  # r is multiplied by (1 + delta) on a rise, (1 - delta) on a fall
+    warmup_frac: float = 0.05  # share of optimizer steps with r = 1, whose last EMA is the first reference
     # IDTS
-    c: float = 0.5
+    c: float = 0.5  # strength: tau_i = tau_base * exp(-c * tanh(log(s_i / median)))
     inverse_sign: bool = True  # True: hard tokens get a LOW temperature (the method); False is the ablation
     # divergence parameters
-    jsd_beta: float = 0.5
-    skew_lambda: float = 0.1
-    ab_alpha: float = 0.2
-    ab_beta: float = 0.7
+    jsd_beta: float = 0.5  # jsd: the mixture weight
+    skew_lambda: float = 0.1  # sfkl / srkl: the skew
+    ab_alpha: float = 0.2  # ab: alpha (non-zero)
+    ab_beta: float = 0.7  # ab: beta (non-zero, alpha + beta non-zero)
     # mixing and memory
     kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
     chunk_size: int = 0  # tokens per fp32 [chunk, V] working set; 0 = auto (about 2**20 logits per chunk)
@@ -130,18 +130,18 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-4
-    schedule: Schedule = Schedule.COSINE
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    schedule: Schedule = Schedule.COSINE  # the lr schedule after the warm-up
     warmup_ratio: float = 0.03  # of total optimizer steps, for the lr
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    epochs: int = 1
+    min_lr_ratio: float = 0.1  # cosine ends at min_lr_ratio * lr
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient-norm clipping; 0 = none
+    epochs: int = 1  # passes over data.source
     max_steps: int = -1  # > 0 overrides epochs
     micro_batch: int = 4  # per rank
-    grad_accum: int = 1
-    seed: int = 42
-    dtype: DType = DType.FP32
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: int = 42  # data order, initialisation and every seeded draw (the same on every rank)
+    dtype: DType = DType.FP32  # training precision
     eval_interval: int = 0  # optimizer steps between held-out evals (data.eval_source); 0 = only at the end
     max_bad_steps: int = 5  # consecutive non-finite (skipped) steps before the run aborts
 
@@ -150,7 +150,7 @@ class TrainConfig:
 class PolicyConfig:
     """Where each step's responses come from (adakd_ds/engine/policy/data_policy.py)."""
 
-    data_policy: DataPolicy = DataPolicy.DATASET
+    data_policy: DataPolicy = DataPolicy.DATASET  # where a step's responses come from
     gkd_alpha: float = 0.5  # gkd: probability per optimizer step of training on the student's own samples
     capacity: int = 1000  # distillm: replay buffer size, sequences per rank
     init_threshold: float = 0.0  # distillm: phi at the start
@@ -178,23 +178,23 @@ class PolicyConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs/adakd"
+    dir: str = "runs/adakd"  # checkpoints, export, TensorBoard, history.jsonl and config.yaml go here
     log_interval: int = 10  # optimizer steps between TensorBoard writes
     save_interval: int = 0  # optimizer steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # complete checkpoints kept by rotation
     export: bool = True  # write a consolidated HF model at the end
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard scalars and histograms
 
 
 @dataclass
 class DeepSpeedConfig:
-    student: str = "ds_configs/zero3.json"
+    student: str = "ds_configs/zero3.json"  # the student's DeepSpeed JSON (ds_configs/)
     teacher: str | None = None  # None: derived from the student's (stage 3, no optimizer)
 
 
 @dataclass
 class RunConfig:
-    mode: Mode = Mode.DISTILL
+    mode: Mode = Mode.DISTILL  # what the run trains
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -203,7 +203,7 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     resume: str = "auto"  # auto | none | a checkpoint path
-    resume_force: bool = False
+    resume_force: bool = False  # continue a checkpoint although the config changed what the run is
 
     def validate(self) -> None:
         """Reject settings that would fail late or train the wrong thing."""
