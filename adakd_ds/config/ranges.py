@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,3 +97,30 @@ def range_problems(cfg: Any) -> list[str]:
         if rng is not None and not rng.admits(value):
             problems.append(f"{key} must be in {rng.describe()}, got {value}")
     return problems
+
+
+_KEY = re.compile(r"(?<![\w.])([a-z_]+\.[a-z_0-9]+)")
+
+
+def keys_named(message: str) -> set[str]:
+    """The dotted config keys a problem message names (the words 'section.key')."""
+    return set(_KEY.findall(message))
+
+
+def ranges_first(cfg: Any, checks: list[str]) -> list[str]:
+    """Each key's own range before any relation between keys (issue 25), so a bad value is named with its value.
+
+    A key out of its range gets one message: its own check from `checks` (one that names that key alone) or else the
+    generic range line. A check that names an out-of-range key beside others is a relation judged on a bad value
+    ('max_prompt_len must be smaller than max_len' for max_len = -1), and is dropped. The other checks follow.
+    """
+    generic = {p.split()[0]: p for p in range_problems(cfg)}
+    own: dict[str, str] = {}
+    rest = []
+    for check in checks:
+        named = keys_named(check)
+        if len(named) == 1 and named <= generic.keys():
+            own.setdefault(next(iter(named)), check)
+        elif not named & generic.keys():
+            rest.append(check)
+    return [own.get(key, line) for key, line in generic.items()] + rest

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from adakd_ds.config.ranges import range_problems
+from adakd_ds.config.ranges import ranges_first
 
 
 class Mode(str, enum.Enum):
@@ -219,7 +219,7 @@ class RunConfig:
         if not 0.0 < self.loss.r_min <= 1.0:
             problems.append(f"loss.r_min must be in (0, 1], got {self.loss.r_min}")
         if not self.loss.r_min <= self.loss.ratio_init <= 1.0:
-            problems.append(f"loss.ratio_init must be in [r_min, 1], got {self.loss.ratio_init}")
+            problems.append(f"loss.ratio_init must be in [loss.r_min, 1], got {self.loss.ratio_init}")
         for name in ("micro_batch", "grad_accum", "epochs"):
             if getattr(self.train, name) < 1:
                 problems.append(f"train.{name} must be >= 1, got {getattr(self.train, name)}")
@@ -235,6 +235,6 @@ class RunConfig:
         if self.train.eval_interval < 0:
             problems.append(f"train.eval_interval must be >= 0, got {self.train.eval_interval}")
         problems += self.policy.problems(self.mode, self.data.eval_source, self.train.eval_interval)
-        problems += [p for p in range_problems(self) if not any(p.split()[0] in q for q in problems)]
+        problems = ranges_first(self, problems)
         if problems:
             raise ValueError("invalid config: " + "; ".join(problems))

@@ -1,4 +1,4 @@
-"""Record formats: which fields a record needs, and how it becomes (prompt text, response text).
+"""Record formats for training: how a record becomes (prompt text, response text), by the keys of format_table.py.
 
 Training and evaluation both call `render_prompt`, so the student is scored on exactly the prompt format it was
 trained on. The instruction template is the Alpaca one without its preamble (MiniLLM/AdaKD train Dolly on Alpaca-style
@@ -24,34 +24,25 @@ from typing import Any
 
 from adakd_ds.config.schema import DataFormat
 from adakd_ds.data.errors import DataError
+from adakd_ds.data.format_table import BY_TRAINING, FORMATS, Role, detect, first_value, present_keys
 
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 INSTRUCTION_TEMPLATE_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
-
-# Per format: (required fields, optional fields); each field is a tuple of accepted key names, first non-null wins.
-FIELDS: dict[DataFormat, tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]] = {
-    DataFormat.INSTRUCTION: ((("instruction",), ("output", "response")), (("input", "context"),)),
-    DataFormat.PROMPT_RESPONSE: ((("prompt",), ("response", "completion")), ()),
-    DataFormat.MESSAGES: ((("messages",),), ()),
-}
-
-# AUTO: the first key (in this order) that the first record has decides the format.
-DETECT_KEYS: tuple[tuple[str, DataFormat], ...] = (
-    ("messages", DataFormat.MESSAGES),
-    ("instruction", DataFormat.INSTRUCTION),
-    ("prompt", DataFormat.PROMPT_RESPONSE),
-)
 
 ASSISTANT = "assistant"
 
 
 def detect_format(record: Mapping[str, Any]) -> DataFormat:
-    """The format a record's keys say it has; raises DataError naming the keys when none fits."""
-    for key, fmt in DETECT_KEYS:
-        if record.get(key) is not None:
-            return fmt
-    known = ", ".join(key for key, _ in DETECT_KEYS)
-    raise DataError(f"cannot detect the data format from keys {sorted(record)} (expected one of: {known})")
+    """The training format a record's keys say it has (format_table.detect, as evaluation detects it); a DataError
+    naming the keys when none fits, or when the format is one that only evaluation reads."""
+    row = detect(record)
+    if row.training is None:
+        trainable = ", ".join(f"'{r.training.value}'" for r in FORMATS if r.training is not None)
+        raise DataError(
+            f"keys {sorted(present_keys(record))} are the evaluation-only format '{row.name}' ({row.note}); "
+            f"training reads {trainable} (see docs/formats.md)"
+        )
+    return row.training
 
 
 def resolve_format(fmt: DataFormat, first_record: Mapping[str, Any]) -> DataFormat:
@@ -59,35 +50,35 @@ def resolve_format(fmt: DataFormat, first_record: Mapping[str, Any]) -> DataForm
     return detect_format(first_record) if fmt is DataFormat.AUTO else fmt
 
 
-def field_label(names: tuple[str, ...]) -> str:
-    return " or ".join(f"'{n}'" for n in names)
-
-
 def _get(record: Mapping[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = record.get(name)
-        if value is not None:
-            return value
-    return None
+    return first_value(record, names)[1]
+
+
+def _response(record: Mapping[str, Any], fmt: DataFormat) -> str:
+    """The text to train on: the response, or the first of a list of references (the table's rule)."""
+    value = _get(record, BY_TRAINING[fmt].field(Role.RESPONSE).names)
+    return value[0] if isinstance(value, list) else value
 
 
 def check_record(record: Any, fmt: DataFormat) -> str | None:
     """What is wrong with one record for `fmt` (a short phrase), or None when it is usable."""
     if not isinstance(record, Mapping):
         return f"expected a JSON object, got {type(record).__name__}"
-    required, optional = FIELDS[fmt]
-    for names in required + optional:
-        value = _get(record, names)
+    for f in BY_TRAINING[fmt].fields:
+        name, value = first_value(record, f.names)
         if value is None:
-            if names in required:
-                return f"missing field {field_label(names)}"
+            if f.train_required:
+                return f"missing field {f.label()}"
             continue
-        if fmt is DataFormat.MESSAGES:
+        if f.role is Role.MESSAGES:
             problem = _check_messages(value)
             if problem:
                 return problem
+        elif f.role is Role.RESPONSE and isinstance(value, list):
+            if not value or not all(isinstance(v, str) for v in value):
+                return f"field '{name}' must be a string or a non-empty list of strings"
         elif not isinstance(value, str):
-            return f"field {field_label(names)} must be a string, got {type(value).__name__}"
+            return f"field '{name}' must be a string, got {type(value).__name__}"
     return None
 
 
@@ -129,13 +120,14 @@ def render_prompt(record: Mapping[str, Any], fmt: DataFormat, tokenizer: Any = N
     """The prompt text of a record, exactly as training sees it (MESSAGES needs the tokenizer's chat template)."""
     fmt = resolve_format(fmt, record)
     if fmt is DataFormat.INSTRUCTION:
-        instruction = _get(record, ("instruction",))
-        extra = _get(record, ("input", "context")) or ""
+        row = BY_TRAINING[fmt]
+        instruction = _get(record, row.field(Role.PROMPT).names)
+        extra = _get(record, row.field(Role.INPUT).names) or ""
         if extra.strip():
             return INSTRUCTION_TEMPLATE.format(instruction=instruction, input=extra)
         return INSTRUCTION_TEMPLATE_NO_INPUT.format(instruction=instruction)
     if fmt is DataFormat.PROMPT_RESPONSE:
-        return _get(record, ("prompt",))
+        return _get(record, BY_TRAINING[fmt].field(Role.PROMPT).names)
     if fmt is DataFormat.MESSAGES:
         return _render_chat_prompt(_clean_messages(record["messages"]), tokenizer)
     raise DataError(f"unsupported data format {fmt!r}")
@@ -148,10 +140,8 @@ def render_example(record: Mapping[str, Any], fmt: DataFormat, tokenizer: Any = 
     turn (its end-of-turn marker included, trailing whitespace removed), so the student learns to close its turn.
     """
     fmt = resolve_format(fmt, record)
-    if fmt is DataFormat.INSTRUCTION:
-        return render_prompt(record, fmt), _get(record, ("output", "response"))
-    if fmt is DataFormat.PROMPT_RESPONSE:
-        return render_prompt(record, fmt), _get(record, ("response", "completion"))
+    if fmt in (DataFormat.INSTRUCTION, DataFormat.PROMPT_RESPONSE):
+        return render_prompt(record, fmt), _response(record, fmt)
     if fmt is DataFormat.MESSAGES:
         messages = _clean_messages(record["messages"])
         prompt = _render_chat_prompt(messages, tokenizer)

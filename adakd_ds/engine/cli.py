@@ -6,14 +6,15 @@ import os
 import sys
 import warnings
 
-from adakd_ds.engine.guard.preemption import EXIT_BAD_INPUT
+from adakd_ds.engine.guard.preemption import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 USAGE = """adakd-distill --config RUN.yaml [--section.key value ...]
 
 Launch with `deepspeed --num_gpus N launch/distill.py ...`, `torchrun --nproc_per_node N launch/distill.py ...`,
 or run `adakd-distill ...` as one process. Every config key can be overridden (e.g. --loss.divergence fkl);
 --resume auto|none|PATH and --resume-force choose how to continue. Exit codes: 0 done, 75 preempted
-(a checkpoint was written: run the same command to resume), 2 bad input, 1 failure."""
+(a checkpoint was written: run the same command to resume), 2 bad input, 1 failure, 130 a Ctrl-C during setup
+(before the first step: nothing to save)."""
 
 
 def _rank() -> int:
@@ -42,6 +43,25 @@ def _quiet_library_warnings() -> None:
 
 
 def distill_main(argv: list[str] | None = None) -> int:
+    """`adakd-distill` (and every rank of launch/distill.py): the exit code of the run.
+
+    A SIGINT before the preemption watch is installed (imports, model setup) would be a KeyboardInterrupt traceback
+    on every rank; it is one line and exit 130 instead (issue 25). From the first step on, a signal checkpoints and
+    exits 75."""
+    try:
+        return _distill(argv)
+    except KeyboardInterrupt:
+        if _rank() == 0:
+            print(
+                "adakd-distill: interrupted (SIGINT) during setup, before the first step: nothing was saved; "
+                f"exit {EXIT_INTERRUPTED} (the same command starts again, or resumes from an earlier checkpoint)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_INTERRUPTED
+
+
+def _distill(argv: list[str] | None) -> int:
     from adakd_ds.checkpoint.manager import CheckpointError
     from adakd_ds.config.load import ConfigError, load_config
 

@@ -25,7 +25,7 @@ from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_f
 from adakd_ds.engine.continuation import check_continuation
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
-from adakd_ds.engine.guard.launcher_watch import watch_launchers
+from adakd_ds.engine.guard.launcher_watch import gone_launcher_note, launcher_ancestors, watch_launchers
 from adakd_ds.engine.guard.nan_guard import NanGuard
 from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.guard.tokenizer_match import check_teacher_tokenizer
@@ -109,6 +109,7 @@ class DistillRecipe:
         self.metrics = MetricsLogger(tb_dir, self.total_steps, self.global_step, enabled=self.rank == 0)
         self.preemption = PreemptionWatch().install()
         watch_launchers(self.preemption.request)  # a launcher that dies takes the preemption path, not orphans
+        self.launchers = launcher_ancestors()
         self.nan_guard = NanGuard(cfg.train.max_bad_steps)
         # per-step loss and r, also appended to <output.dir>/history.jsonl by rank 0 (the tests read it)
         if self.rank == 0:  # the steps after the checkpoint are trained again: their old lines go
@@ -287,6 +288,9 @@ class DistillRecipe:
         self.metrics.close()
         if self.rank == 0:  # after the bar is closed, so the bar is not drawn again below it
             print(run_summary(cfg, exit_code, self.global_step), flush=True)
+            note = gone_launcher_note(self.launchers, wait=3.0) if exit_code == EXIT_PREEMPTED else None
+            if note:
+                print(note, flush=True)
         return exit_code
 
     def _log(self, stats: LossStats, step_loss: float, tokens: float, seconds: float) -> None:

@@ -1,31 +1,25 @@
 """Evaluation data formats: turn the benchmark files of the MiniLLM / DistiLLM / AdaKD protocol into samples.
 
-Why a separate reader from the training data: the evaluation sets come in several shapes (Dolly, Self-Instruct's
-user-oriented file with several instances per instruction, Vicuna questions without reference, S-NI / UnNI with several
-references), and each sample must be rendered with the SAME prompt template as training. So every sample is mapped to a
-training-format record ({instruction, input} or {prompt}) and rendered by ``adakd_ds.data.formats.render_prompt``.
+The formats, their keys and how they are detected are those of the one table, ``adakd_ds.data.format_table`` (training
+reads it too, so both accept the same files; docs/formats.md prints it). This module turns the evaluation sets' shapes
+(Dolly, Self-Instruct's several instances per instruction, Vicuna questions without reference, S-NI / UnNI with several
+references) into samples, each mapped to a training-format record ({instruction, input} or {prompt}) and rendered by
+``adakd_ds.data.formats.render_prompt``, so the prompt is exactly the one training used.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from adakd_ds.config.schema import DataFormat
+from adakd_ds.data.errors import DataError
+from adakd_ds.data.format_table import BY_EVAL, EvalFormat, Role, detect
 from adakd_ds.data.formats import ASSISTANT, check_record
 
-
-class EvalFormat(str, enum.Enum):
-    AUTO = "auto"  # detected from the first record's keys
-    CHAT = "chat"  # {messages: [{role, content}]}: the tokenizer's chat template, as training renders it
-    DOLLY = "dolly"  # {instruction, context|input, response|output|answer}
-    SELF_INST = "self_inst"  # {instruction, instances: [{input, output}]}: one sample per instance
-    VICUNA = "vicuna"  # {question_id?, text|turns|prompt}: no reference, generate only
-    SNI = "sni"  # S-NI / UnNI: {definition|prompt, input, output|outputs}
-    PROMPT_RESPONSE = "prompt_response"  # {prompt, response|completion|answer}; the prompt is used verbatim
+__all__ = ["EvalFormat", "EvalFormatError", "EvalSample", "describe_samples", "load_eval_samples", "read_records"]
 
 
 # A prompt that already holds the training template (e.g. MiniLLM's preprocessed files) is used verbatim, never
@@ -78,28 +72,28 @@ def read_records(path: str) -> list[tuple[int, Any]]:
 
 
 def detect_eval_format(record: Mapping[str, Any]) -> EvalFormat:
-    """The format the keys of a record say it has (checked in a fixed order, by exact key name)."""
-    keys = {k for k, v in record.items() if v is not None}
-    if "messages" in keys:
-        return EvalFormat.CHAT
-    if "instances" in keys:
-        return EvalFormat.SELF_INST
-    if "definition" in keys or ("prompt" in keys and "input" in keys and keys & {"output", "outputs"}):
-        return EvalFormat.SNI
-    if "instruction" in keys:
-        return EvalFormat.DOLLY
-    if "prompt" in keys and keys & {"response", "completion", "answer"}:
-        return EvalFormat.PROMPT_RESPONSE
-    if keys & {"text", "turns", "question_id", "prompt"}:
-        return EvalFormat.VICUNA
-    raise EvalFormatError(f"cannot detect the evaluation format from keys {sorted(keys)}")
+    """The format the keys of a record say it has: format_table.detect, the same rule training uses."""
+    try:
+        return detect(record).evaluation
+    except DataError as exc:
+        raise EvalFormatError(str(exc)) from None
+
+
+def _names(fmt: EvalFormat, role: Role) -> tuple[str, ...]:
+    return BY_EVAL[fmt].field(role).names
+
+
+def _spec(fmt: EvalFormat, role: Role) -> tuple[tuple[str, ...], bool]:
+    """(key names, required in evaluation) of a field of the table."""
+    f = BY_EVAL[fmt].field(role)
+    return f.names, f.eval_required
 
 
 def _where(path: str, lineno: int) -> str:
     return f"{path}:{lineno}"
 
 
-def _string(rec: Mapping[str, Any], names: tuple[str, ...], where: str, required: bool = True) -> str | None:
+def _string(rec: Mapping[str, Any], names: tuple[str, ...], required: bool, where: str) -> str | None:
     for name in names:
         value = rec.get(name)
         if value is None:
@@ -108,11 +102,11 @@ def _string(rec: Mapping[str, Any], names: tuple[str, ...], where: str, required
             raise EvalFormatError(f"{where}: key '{name}' must be a string, got {type(value).__name__}")
         return value
     if required:
-        raise EvalFormatError(f"{where}: missing key {' or '.join(repr(n) for n in names)}")
+        raise EvalFormatError(f"{where}: missing field {' or '.join(repr(n) for n in names)}")
     return None
 
 
-def _references(rec: Mapping[str, Any], names: tuple[str, ...], where: str, required: bool) -> list[str]:
+def _references(rec: Mapping[str, Any], names: tuple[str, ...], required: bool, where: str) -> list[str]:
     """A string or a list of strings under the first present key; references are kept only if non-empty."""
     for name in names:
         value = rec.get(name)
@@ -123,7 +117,7 @@ def _references(rec: Mapping[str, Any], names: tuple[str, ...], where: str, requ
             raise EvalFormatError(f"{where}: key '{name}' must be a string or a list of strings")
         return [v for v in values if v.strip()]
     if required:
-        raise EvalFormatError(f"{where}: missing key {' or '.join(repr(n) for n in names)}")
+        raise EvalFormatError(f"{where}: missing field {' or '.join(repr(n) for n in names)}")
     return []
 
 
@@ -150,14 +144,14 @@ def _instruction_sample(
 
 
 def _parse_dolly(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
-    inst = _string(rec, ("instruction",), where)
-    inp = _string(rec, ("context", "input"), where, required=False)
-    refs = _references(rec, ("response", "output", "outputs", "answer"), where, required=True)
+    inst = _string(rec, *_spec(EvalFormat.DOLLY, Role.PROMPT), where)
+    inp = _string(rec, *_spec(EvalFormat.DOLLY, Role.INPUT), where)
+    refs = _references(rec, *_spec(EvalFormat.DOLLY, Role.RESPONSE), where)
     return [_instruction_sample(inst, inp, refs, rec, where)]
 
 
 def _parse_self_inst(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
-    inst = _string(rec, ("instruction",), where)
+    inst = _string(rec, *_spec(EvalFormat.SELF_INST, Role.PROMPT), where)
     instances = rec.get("instances")
     if not isinstance(instances, list) or not instances:
         raise EvalFormatError(f"{where}: key 'instances' must be a non-empty list of {{input, output}}")
@@ -166,8 +160,8 @@ def _parse_self_inst(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
         at = f"{where} instances[{j}]"
         if not isinstance(instance, Mapping):
             raise EvalFormatError(f"{at}: expected an object with 'input' and 'output'")
-        inp = _string(instance, ("input",), at, required=False)
-        refs = _references(instance, ("output", "outputs"), at, required=True)
+        inp = _string(instance, *_spec(EvalFormat.SELF_INST, Role.INPUT), at)
+        refs = _references(instance, *_spec(EvalFormat.SELF_INST, Role.RESPONSE), at)
         out.append(_instruction_sample(inst, inp, refs, rec, at))
     return out
 
@@ -179,23 +173,23 @@ def _parse_vicuna(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
             raise EvalFormatError(f"{where}: key 'turns' must be a non-empty list of strings")
         question = turns[0]  # single-turn protocol: the first question only
     else:
-        question = _string(rec, ("text", "prompt", "instruction"), where)
-    refs = _references(rec, ("reference", "output", "response", "answer"), where, required=False)
+        question = _string(rec, tuple(n for n in _names(EvalFormat.VICUNA, Role.PROMPT) if n != "turns"), True, where)
+    refs = _references(rec, *_spec(EvalFormat.VICUNA, Role.RESPONSE), where)
     sample = _instruction_sample(question, None, refs, rec, where)
     sample.question_only = not refs
     return [sample]
 
 
 def _parse_sni(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
-    definition = _string(rec, ("definition", "prompt", "instruction"), where)
-    inp = _string(rec, ("input",), where, required=False)
-    refs = _references(rec, ("outputs", "output"), where, required=True)
+    definition = _string(rec, *_spec(EvalFormat.SNI, Role.PROMPT), where)
+    inp = _string(rec, *_spec(EvalFormat.SNI, Role.INPUT), where)
+    refs = _references(rec, *_spec(EvalFormat.SNI, Role.RESPONSE), where)
     return [_instruction_sample(definition, inp, refs, rec, where)]
 
 
 def _parse_prompt_response(rec: Mapping[str, Any], where: str) -> list[EvalSample]:
-    prompt = _string(rec, ("prompt",), where)
-    refs = _references(rec, ("response", "completion", "answer"), where, required=False)
+    prompt = _string(rec, *_spec(EvalFormat.PROMPT_RESPONSE, Role.PROMPT), where)
+    refs = _references(rec, *_spec(EvalFormat.PROMPT_RESPONSE, Role.RESPONSE), where)
     return [EvalSample(0, {"prompt": prompt}, DataFormat.PROMPT_RESPONSE, refs, _task(rec), where, verbatim=True)]
 
 

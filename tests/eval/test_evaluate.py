@@ -121,13 +121,13 @@ def test_each_eval_format_parses(tmp_path):
 
 def test_bad_eval_files_name_file_line_and_key(tmp_path):
     bad = _write(tmp_path / "b.jsonl", [{"instruction": "I", "response": "R"}, {"instruction": "I"}])
-    with pytest.raises(EvalFormatError, match=r"b\.jsonl:2: missing key 'response' or 'output'"):
+    with pytest.raises(EvalFormatError, match=r"b\.jsonl:2: missing field 'output' or 'response' or 'answer'"):
         load_eval_samples(bad)
     (tmp_path / "j.jsonl").write_text('{"prompt": "x"}\n{not json\n')
     with pytest.raises(EvalFormatError, match=r"j\.jsonl:2: not valid JSON"):
         load_eval_samples(str(tmp_path / "j.jsonl"))
     odd = _write(tmp_path / "o.jsonl", [{"foo": 1}])
-    with pytest.raises(EvalFormatError, match=r"o\.jsonl:1: cannot detect the evaluation format from keys \['foo'\]"):
+    with pytest.raises(EvalFormatError, match=r"o\.jsonl:1: cannot detect the data format from keys \['foo'\]"):
         load_eval_samples(odd)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -93,6 +94,34 @@ def test_a_rerun_keeps_the_first_time_and_says_skipped(tmp_path):
     assert total.wall_s == pytest.approx(recorded.wall_s + first.times["eval"].wall_s)
     assert total.cpu_s == pytest.approx(recorded.cpu_s + first.times["eval"].cpu_s)
     assert StageClock(path).times["teacher SFT"] == recorded  # skipping wrote nothing over it
+
+
+# Times whose plain sum depends on the order of addition (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1), and the kind the
+# quickstart's flake had (334.1115009999999 against 334.111501).
+AWKWARD = {"kd seed 4": 333.511501, "teacher": 0.3, "init": 0.2, "sft seed 4": 0.1, "adakd": 2.0 / 3.0, "eval": 1e-17}
+
+
+@pytest.mark.parametrize("with_starts", [True, False], ids=["lanes", "no-start-times"])
+def test_a_rerun_reports_exactly_the_first_runs_total_through_the_files(tmp_path, with_starts):
+    """Issue 25: the first run records its stages in the order its lanes finish; the rerun reads them back from the
+    file and skips them in another order. Both totals, each written to and read from a results JSON as the
+    quickstart does, must be equal exactly, and equal to an exactly rounded sum of the stage times."""
+    path = tmp_path / "stage_times.json"
+    first = StageClock(path)
+    for k, (name, seconds) in enumerate(AWKWARD.items()):
+        start = 1_700_000_000.1 + 1000.0 * k if with_starts else None  # disjoint spans: the wall is their sum too
+        first.record(name, StageTime(seconds * 3.0, seconds, 0.1 * k, 0.7 + k / 3.0, start))
+    first_total = json.loads(json.dumps(first.summary()))["total"]
+
+    rerun = StageClock(path)
+    for name in reversed(AWKWARD):
+        rerun.skip(name)
+    again = json.loads(json.dumps(rerun.summary()))["total"]
+    assert again == first_total, (again, first_total)
+    assert first_total["cpu_s"] == math.fsum(AWKWARD.values())  # an independent reference, exactly rounded
+    assert sum(AWKWARD.values()) != sum(reversed(AWKWARD.values()))  # the case is one a plain sum gets wrong
+    if not with_starts:
+        assert first_total["wall_s"] == math.fsum(3.0 * s for s in AWKWARD.values())
 
 
 def test_a_stage_done_with_no_recorded_time_is_named(tmp_path):

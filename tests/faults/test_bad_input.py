@@ -49,6 +49,27 @@ def test_out_of_range_values_name_their_key(overrides, key):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "overrides,expected,relation",
+    [
+        (["--data.max_len", "-1"], "data.max_len must be in [2, inf), got -1", "max_prompt_len"),
+        (["--loss.r_min", "1.5"], "loss.r_min must be in (0, 1], got 1.5", "ratio_init"),
+        (
+            ["--policy.data_policy", "distillm", "--data.eval_source", "e.jsonl", "--train.eval_interval", "-1"],
+            "train.eval_interval must be >= 0, got -1",
+            "distillm needs",
+        ),
+    ],
+)
+def test_a_keys_own_range_is_checked_before_any_relation(overrides, expected, relation):
+    """Issue 25: a value out of its own range is named with its value; no relation between keys is reported on it."""
+    base = ["--model.teacher", "t", "--model.student", "s", "--data.source", "d.jsonl"]
+    with pytest.raises(ValueError) as err:
+        load_config(None, base + overrides).validate()
+    assert str(err.value) == f"invalid config: {expected}"
+    assert relation not in str(err.value)
+
+
 def test_the_defaults_and_the_edges_pass():
     cfg = load_config(None, ["--model.teacher", "t", "--model.student", "s", "--data.source", "d.jsonl"])
     for override in (["--train.max_steps", "-1"], ["--train.max_steps", "0"], ["--loss.c", "0"], ["--loss.eps", "0"]):

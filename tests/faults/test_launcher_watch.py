@@ -54,3 +54,27 @@ def test_a_rank_notices_its_launcher_killed():
         assert time.time() - t0 < 5
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
+
+
+def test_the_note_for_a_gone_bare_runner_and_the_supervisors_closing_line():
+    """Issue 25: the routes where DeepSpeed's runner decides the exit code say so; adakd-launch ends in one line."""
+    import psutil
+
+    from adakd_ds.engine.guard.launcher_watch import gone_launcher_note
+    from adakd_ds.engine.guard.supervisor import outcome_line
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = psutil.Process(gone.pid)  # a launcher that then dies and is reaped
+    gone.kill()
+    gone.wait()
+    alive = psutil.Process()  # this test process stands in for a launcher that is still there
+    runner_gone = [(alive, LauncherKind.DEEPSPEED_LAUNCH), (dead, LauncherKind.DEEPSPEED_RUNNER)]
+    note = gone_launcher_note(runner_gone)
+    assert note and f"deepspeed launcher (pid {gone.pid})" in note and "adakd-launch deepspeed ..." in note
+    assert gone_launcher_note([(alive, LauncherKind.DEEPSPEED_RUNNER)]) is None  # still there: it waits for us
+    assert gone_launcher_note([*runner_gone, (alive, LauncherKind.SUPERVISOR)]) is None  # adakd-launch gives 75
+    assert outcome_line(75, [signal.SIGINT]) == (
+        "adakd-launch: stopped by SIGINT: a checkpoint was saved; exit 75 (run the same command again to resume)"
+    )
+    assert outcome_line(0, []) is None and outcome_line(2, []) is None
+    assert "killed by SIGTERM; exit 143" in outcome_line(143, [], signal.SIGTERM)

@@ -116,16 +116,40 @@ def test_a_signal_anywhere_ends_in_a_checkpoint_and_exit_75(tiny_setup, tmp_path
     code, output, out, cfg = _drill(tiny_setup, tmp_path, launcher, route, sig)
     assert code == 75, output[-3000:]
     _assert_checkpointed(out, output)
+    if launcher.startswith("adakd-"):  # the last line says what happened, below launch.py's own log lines
+        assert output.rstrip().splitlines()[-1].startswith("adakd-launch: stopped"), output[-3000:]
     assert _alive_with(str(cfg)) == [], "a rank outlived its launcher"
 
 
-def test_sigterm_to_the_bare_deepspeed_runner_still_checkpoints_and_leaves_no_rank(tiny_setup, tmp_path):
-    """The runner dies at once with 143 (DeepSpeed's, not ours); its ranks notice, checkpoint and exit."""
-    code, output, out, cfg = _drill(tiny_setup, tmp_path, "deepspeed", "launcher", signal.SIGTERM)
-    assert code == -signal.SIGTERM
+@pytest.mark.parametrize(
+    "route,sig", [("launcher", signal.SIGTERM), ("job", signal.SIGINT)], ids=["SIGTERM-runner", "ctrl-c-group"]
+)
+def test_a_signal_to_the_bare_deepspeed_runner_still_checkpoints_and_leaves_no_rank(tiny_setup, tmp_path, route, sig):
+    """The runner dies at once, 143 on SIGTERM, 130 and a KeyboardInterrupt traceback on Ctrl-C (DeepSpeed's, not
+    ours: the fault table sends users to adakd-launch); its ranks checkpoint, exit and say what the shell got."""
+    code, output, out, cfg = _drill(tiny_setup, tmp_path, "deepspeed", route, sig)
+    assert code == -sig
+    assert "note: the deepspeed launcher (pid " in output and "adakd-launch deepspeed ..." in output, output[-3000:]
     deadline = time.time() + 90
     while _alive_with(str(cfg)) and time.time() < deadline:
         time.sleep(0.5)
     assert _alive_with(str(cfg)) == [], "ranks kept training after their launcher died"
     markers = list((out / "checkpoints").glob("step_*/COMPLETE.json"))
     assert len(markers) == 1 and not (out / "export").exists()  # stopped, not trained to the end
+
+
+def test_ctrl_c_during_setup_is_one_line_and_exit_130(tiny_setup, tmp_path):
+    """Before the first step there is nothing to save: one line and 130, not a KeyboardInterrupt traceback."""
+    cfg = write_run_config(tiny_setup, tmp_path / "run", train={"max_steps": 200})
+    proc = start_launch(["--config", str(cfg)], "python")
+    try:
+        lines = [proc.stdout.readline()]
+        while lines[-1] and not lines[-1].startswith("preflight ok"):  # model setup has not begun yet
+            lines.append(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGINT)
+        output = "".join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("adakd-distill: interrupted (SIGINT) during setup")]
+    assert len(said) == 1 and not (tmp_path / "run" / "checkpoints").exists(), output[-3000:]

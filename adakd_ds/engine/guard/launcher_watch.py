@@ -87,3 +87,23 @@ def watch_launchers(on_gone: Callable[[str], None], interval: float = POLL_SECON
 
     threading.Thread(target=poll, name="adakd-launcher-watch", daemon=True).start()
     return [proc.pid for proc, _ in chain]
+
+
+def gone_launcher_note(chain: list[tuple[psutil.Process, LauncherKind]], wait: float = 0.0) -> str | None:
+    """A line for a preempted run whose top launcher (the bare `deepspeed` runner or torchrun, no adakd-launch above
+    it) is already gone: the shell then got that launcher's own exit code (130 on Ctrl-C, 143 on SIGTERM) before
+    this checkpoint was saved, and only adakd-launch waits for the save and exits 75 (issue 25)."""
+    if any(kind is LauncherKind.SUPERVISOR for _, kind in chain):
+        return None
+    tops = [(p, k) for p, k in chain if k in (LauncherKind.DEEPSPEED_RUNNER, LauncherKind.TORCHRUN)]
+    deadline = time.monotonic() + wait  # a Ctrl-C reaches the runner too, but it may take a moment to die
+    while tops and not any(_gone(p) for p, _ in tops) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc, kind in tops:
+        if _gone(proc):
+            return (
+                f"note: the {kind.value} launcher (pid {proc.pid}) had already returned its own exit code to the "
+                "shell (130 on Ctrl-C, 143 on SIGTERM) before this checkpoint was saved; start the same command "
+                f"as `adakd-launch {kind.value} ...` to wait for the save and exit 75"
+            )
+    return None

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written, run the same command again to resume
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C during setup, before this watch is installed (nothing to save)
 EXIT_BAD_INPUT = 2
 DRILL_ENV = "ADAKD_PREEMPT_AT_STEP"  # "STEP" or "STEP:RANK": act as if signalled after that step (drills, tests)
 

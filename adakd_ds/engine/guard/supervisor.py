@@ -25,10 +25,11 @@ from pathlib import Path
 import psutil
 
 from adakd_ds.engine.guard.launcher_watch import launcher_kind
+from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED
 
 STATUS_ENV = "ADAKD_STATUS_FILE"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-REPORTED_CODES = (75, 2)  # the codes whose meaning a launcher loses on the way (preempted, bad input)
+REPORTED_CODES = (EXIT_PREEMPTED, 2)  # the codes whose meaning a launcher loses on the way (preempted, bad input)
 PR_SET_CHILD_SUBREAPER = 36
 USAGE = "usage: adakd-launch deepspeed|torchrun [launcher args] SCRIPT [script args]"
 
@@ -117,9 +118,24 @@ def supervise(cmd: list[str], grace: float = 600.0) -> int:
         reported = Path(status_path).read_text(encoding="utf-8").strip()
     finally:
         os.unlink(status_path)
-    if reported.isdigit() and int(reported) in REPORTED_CODES:
-        return int(reported)
-    return 128 - code if code < 0 else code
+    final = int(reported) if reported.isdigit() and int(reported) in REPORTED_CODES else (128 - code if code < 0 else code)
+    line = outcome_line(final, received, -code if code < 0 else None)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    return final
+
+
+def outcome_line(code: int, received: list[int], launcher_killed_by: int | None = None) -> str | None:
+    """The one line that closes a run that a signal (or a preemption) ended, so the last thing the user reads says
+    what happened and what the exit code means, below whatever DeepSpeed's launch.py logged on its way out."""
+    by = f" by {signal.Signals(received[0]).name}" if received else ""
+    if code == EXIT_PREEMPTED:
+        return f"adakd-launch: stopped{by}: a checkpoint was saved; exit 75 (run the same command again to resume)"
+    if received:
+        return f"adakd-launch: stopped{by}, the ranks ended with exit {code} (no checkpoint was reported)"
+    if launcher_killed_by is not None:
+        return f"adakd-launch: the launcher was killed by {signal.Signals(launcher_killed_by).name}; exit {code}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

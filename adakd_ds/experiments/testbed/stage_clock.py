@@ -12,6 +12,7 @@ evaluation) plus the children that thread waited for, as the kernel reported the
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -89,8 +90,12 @@ class StageClock:
             cpu = _thread_cpu_seconds() - c0 + _charged.cpu_s
         finally:
             _charged.cpu_s = None
+        self.record(name, StageTime(time.perf_counter() - t0, cpu, l0, _load(), started))
+
+    def record(self, name: str, took: StageTime) -> None:
+        """Keep (and save) the time of a stage that this invocation did."""
         with self._lock:
-            self.times[name] = StageTime(time.perf_counter() - t0, cpu, l0, _load(), started)
+            self.times[name] = took
             self.order.append(name)
             self._save()
 
@@ -104,17 +109,23 @@ class StageClock:
 
     def total(self) -> tuple[StageTime | None, list[str]]:
         """This invocation's stages, at their first-run times: the wall clock they covered (their sum where a stage
-        has no start time), their summed CPU time; and the stages with no recorded time."""
-        known = [self.times[n] for n in self.order if n in self.times]
+        has no start time), their summed CPU time; and the stages with no recorded time.
+
+        The sums are math.fsum (exactly rounded, so independent of the order): stages of side-by-side lanes finish
+        in one order in the first run and are skipped in another in a rerun, and a plain sum of the same times
+        then differs in its last bit (issue 25: 334.1115009999999 against 334.111501). For the same reason the
+        stages are taken in the order the file keeps (the order they were first done), not this invocation's."""
+        went = set(self.order)
+        known = [t for n, t in self.times.items() if n in went]  # in the order the stages were first done
         missing = [n for n in self.order if n not in self.times]
         if not known:
             return None, missing
-        first, last, wall = known[0], known[-1], sum(t.wall_s for t in known)
+        first, last, wall = known[0], known[-1], math.fsum(t.wall_s for t in known)
         spans = [(t.started_at, t.started_at + t.wall_s, t) for t in known if t.started_at is not None]
         if len(spans) == len(known):
             wall = _union_length([(a, b) for a, b, _ in spans])
             first, last = min(spans, key=lambda s: s[0])[2], max(spans, key=lambda s: s[1])[2]
-        return StageTime(wall, sum(t.cpu_s for t in known), first.load_before, last.load_after), missing
+        return StageTime(wall, math.fsum(t.cpu_s for t in known), first.load_before, last.load_after), missing
 
     def summary(self) -> dict[str, object]:
         """For the results JSON: the total, the stages skipped in this invocation and every stage's time."""
