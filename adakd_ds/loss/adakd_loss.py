@@ -21,8 +21,9 @@ from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, 
 from adakd_ds.loss.divergences._common import tau_column, work_dtype
 from adakd_ds.loss.divergences.ce import cross_entropy_with_grad
 from adakd_ds.loss.fused_head import HeadInput, HeadRows, gathered
-from adakd_ds.loss.idts import idts_tau_partials, idts_temperatures, lower_median
+from adakd_ds.loss.idts import idts_tau_partials, idts_temperatures, lower_median, token_weight, weight_and_slope
 from adakd_ds.loss.idts_through import (
+    TAU_GRAD,
     ThroughPlan,
     local_sums,
     score_coefficients,
@@ -305,14 +306,6 @@ class AdaKDLoss(torch.nn.Module):
             plan = ThroughPlan(taus, d_s[pos[local]], d_m[pos[local]], median_row, stats.k, norm)
         return rows, taus, norm, plan
 
-    def _token_weight(self, tau: Tensor, norm: Tensor | None) -> Tensor:
-        """w(tau) per token: tau^2 (the paper), 1, or tau^2 / M (ours, `normalized`); tau a [c, 1] column."""
-        if self.weight is IdtsWeight.NONE:
-            return torch.ones_like(tau)
-        if self.weight is IdtsWeight.NORMALIZED:
-            return tau.square() / norm.to(tau.dtype)
-        return tau.square()
-
     def _kd_kernel(
         self, flat: _Flat, taus: Tensor | float, norm: Tensor | None = None, plan: ThroughPlan | None = None
     ):
@@ -330,9 +323,12 @@ class AdaKDLoss(torch.nn.Module):
 
             def tau_values(x: Tensor, tau: Tensor, chunk: RowChunk) -> Tensor:
                 t = teacher.take(chunk).to(x.dtype)
-                return self._token_weight(tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
+                return token_weight(self.weight, tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
 
-            return through_kd_kernel(tau_values, taus, plan)
+            tau_grad = TAU_GRAD.get(parse_divergence(self.cfg.divergence))
+            return through_kd_kernel(
+                tau_values, taus, plan, teacher, tau_grad, lambda tau: weight_and_slope(self.weight, tau, norm)
+            )
 
         if analytic is None:
 
@@ -340,7 +336,7 @@ class AdaKDLoss(torch.nn.Module):
                 tau = tau_column(tau_of(chunk), x)
                 t = teacher.take(chunk).to(x.dtype)
                 if self.weight is not IdtsWeight.TAU2:
-                    return self._token_weight(tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
+                    return token_weight(self.weight, tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
                 return tau.squeeze(-1).square() * self.divergence(x, t, tau.squeeze(-1))
 
             return autograd_kernel(values)
@@ -349,7 +345,7 @@ class AdaKDLoss(torch.nn.Module):
             tau = tau_column(tau_of(chunk), x)
             t = teacher.take(chunk).to(x.dtype)
             vals, g, factor = analytic(x, t, tau, sink is not None)
-            w = self._token_weight(tau, norm)
+            w = token_weight(self.weight, tau, norm)
             if sink is not None:
                 sink.add(g, w * factor)
             return torch.linalg.vecdot(w.squeeze(-1), vals)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from adakd_ds.config.schema import IdtsWeight
+
 
 def lower_median(values: Tensor) -> Tensor:
     """sorted(values)[(n - 1) // 2]: an element of the set, identical on every rank."""
@@ -48,3 +50,22 @@ def idts_tau_partials(
         tau = _tau_formula(s, m, tau_base, c, inverse_sign)
         d_s, d_m = torch.autograd.grad(tau.sum(), (s, m))
     return d_s, d_m
+
+
+def token_weight(kind: IdtsWeight, tau: Tensor, norm: Tensor | None) -> Tensor:
+    """w(tau) per token: tau^2 (the paper), 1, or tau^2 / M with M = mean_S tau^2 (ours, `normalized`)."""
+    if kind is IdtsWeight.NONE:
+        return torch.ones_like(tau)
+    if kind is IdtsWeight.NORMALIZED:
+        return tau.square() / norm.to(tau.dtype)
+    return tau.square()
+
+
+def weight_and_slope(kind: IdtsWeight, tau: Tensor, norm: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(w(tau), dw/dtau at a fixed M), for the through path's analytic d/d tau."""
+    if kind is IdtsWeight.NONE:
+        return torch.ones_like(tau), torch.zeros_like(tau)
+    if kind is IdtsWeight.NORMALIZED:
+        m = norm.to(tau.dtype)
+        return tau.square() / m, 2.0 * tau / m
+    return tau.square(), 2.0 * tau

@@ -8,9 +8,12 @@ A * w_i dd_i/dz_i, two more terms:
     row j*:      A * (sum_{i in S, all ranks} g_i * d tau_i / d m) * (d s_j* / d z_j*)
 
 with g_i = d(w_i d_i) / d tau_i. For the `normalized` weight w_i = tau_i^2 / M, M = mean_S tau^2, the mean is in the
-graph too: g_i gains -(2 tau_i / (k M)) * D, D = sum_S w d over all ranks. The KD pass records g_i (autograd per
-chunk, tau a leaf); after one all-reduce a second pass over S and j* adds the score terms, with the same kernels for
-materialised logits and the fused head (the sink interface is the same).
+graph too: g_i gains -(2 tau_i / (k M)) * D, D = sum_S w d over all ranks. The KD pass records g_i (analytically for
+rkl and fkl, else autograd per chunk with tau a leaf); after one all-reduce a second pass over S and j* adds the score
+terms, with the same kernels for materialised logits and the fused head (the sink interface is the same).
+
+With a = z_s / tau and b = z_t / tau, d D(a, b) / d tau = -(<dD/da, z_s> + <dD/db, z_t>) / tau^2, where
+rkl: dD/da = q (log q - log p - D), dD/db = p - q;  fkl: dD/da = q - p, dD/db = p (log p - log q - D).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from adakd_ds.config.schema import Divergence
 from adakd_ds.loss.chunked_grad import ChunkKernel, GradSink, RowChunk
 from adakd_ds.loss.difficulty import _sqrt_probs
-from adakd_ds.loss.divergences._common import tau_column
+from adakd_ds.loss.divergences._common import row_dot, tau_column, tempered_probs_and_logs
 
 
 @dataclass
@@ -54,10 +58,46 @@ def hellinger_with_grad(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tenso
     return s, g.div_(4.0 * s.clamp_min(torch.finfo(s.dtype).tiny).unsqueeze(-1))
 
 
+# (student, teacher, tau [c, 1]) -> (D [c], dD/dz_s [c, V], dD/dtau [c]), all finite logits
+TauGradFn = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, Tensor, Tensor]"]
+
+
+@torch.no_grad()
+def _rkl_tau_grad(x: Tensor, t: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    q, log_q = tempered_probs_and_logs(x, tau)
+    p, log_p = tempered_probs_and_logs(t, tau)
+    diff = log_q.sub_(log_p)
+    d = row_dot(q, diff)
+    g = diff.sub_(d.unsqueeze(-1)).mul_(q)  # dD/da
+    d_tau = -(row_dot(g, x) + row_dot(p.sub_(q), t)) / tau.squeeze(-1).square()
+    return d, g.div_(tau), d_tau
+
+
+@torch.no_grad()
+def _fkl_tau_grad(x: Tensor, t: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    q, log_q = tempered_probs_and_logs(x, tau)
+    p, log_p = tempered_probs_and_logs(t, tau)
+    diff = log_p.sub_(log_q)
+    d = row_dot(p, diff)
+    g_b = diff.sub_(d.unsqueeze(-1)).mul_(p)  # dD/db
+    g = q.sub_(p)  # dD/da
+    d_tau = -(row_dot(g, x) + row_dot(g_b, t)) / tau.squeeze(-1).square()
+    return d, g.div_(tau), d_tau
+
+
+TAU_GRAD: dict[Divergence, TauGradFn] = {Divergence.RKL: _rkl_tau_grad, Divergence.FKL: _fkl_tau_grad}
+
+
 def through_kd_kernel(
-    values: Callable[[Tensor, Tensor, RowChunk], Tensor], taus: Tensor, plan: ThroughPlan
+    values: Callable[[Tensor, Tensor, RowChunk], Tensor],
+    taus: Tensor,
+    plan: ThroughPlan,
+    teacher=None,
+    tau_grad: TauGradFn | None = None,
+    weight: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> ChunkKernel:
-    """The KD kernel with tau as a leaf too: the logit gradient goes to the sink, d/d tau into plan.gtau."""
+    """The KD kernel that also gives d/d tau (into plan.gtau): analytic with tau_grad (and weight(tau) = (w, dw/dtau)),
+    else autograd with tau a leaf; a chunk with a non-finite (masked) logit always takes the autograd path."""
     plan.gtau = torch.zeros_like(taus)
 
     def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
@@ -65,6 +105,15 @@ def through_kd_kernel(
         if sink is None:
             with torch.no_grad():
                 return values(x, tau_column(tau, x), chunk).sum()
+        if tau_grad is not None:
+            t = teacher.take(chunk).to(x.dtype)
+            if bool(torch.isfinite(x).all()) and bool(torch.isfinite(t).all()):
+                col = tau_column(tau, x)
+                d, g, d_tau = tau_grad(x, t, col)
+                w, w_slope = weight(col)
+                sink.add(g, w)
+                plan.gtau[chunk.pos] = (w_slope.squeeze(-1) * d + w.squeeze(-1) * d_tau).to(plan.gtau.dtype)
+                return torch.linalg.vecdot(w.squeeze(-1), d)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             leaf = tau.detach().to(x.dtype).requires_grad_(True)

@@ -214,3 +214,21 @@ def test_a_fast_latf_schedule_moves_r_within_a_short_run():
         assert ratios[-1] == pytest.approx(want.update(loss), abs=1e-12)
     warm = int(cfg.warmup_frac * total)
     assert ratios[:warm] == [1.0] * warm and ratios[-1] == pytest.approx(0.3) and len(set(ratios)) > 4
+
+
+@pytest.mark.parametrize("name", ["rkl", "fkl"])
+def test_through_analytic_tau_gradient_equals_the_autograd_path(name, monkeypatch):
+    """rkl / fkl take the analytic d/d tau; the autograd path (used for a masked chunk) gives the same gradient."""
+    from adakd_ds.loss import idts_through
+
+    cfg = LossConfig(divergence=Divergence(name), idts_grad=IdtsGrad.THROUGH, idts_weight=IdtsWeight.NORMALIZED)
+    zs, zt, labels, mask = ref.make_batch(2, 8, 15, seed=13)
+    grads = []
+    for table in (dict(idts_through.TAU_GRAD), {}):
+        monkeypatch.setattr("adakd_ds.loss.adakd_loss.TAU_GRAD", table)
+        loss_fn = AdaKDLoss(cfg)
+        loss_fn.controller.ratio = 0.5
+        x = zs.clone().requires_grad_(True)
+        loss_fn(x, zt, labels, mask)[0].backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], **TOL)
