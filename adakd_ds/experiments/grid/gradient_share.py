@@ -73,7 +73,10 @@ def batch_shares(b: BatchGrad, families: Sequence[str]) -> dict[str, Any]:
     total = float(b.grad_sq.sum())
     dec = deciles(b.difficulty)
     denom = total if total > 0 else 1.0
-    out: dict[str, Any] = {"total": total, "decile": [float(b.grad_sq[dec == d].sum()) / denom for d in range(N_DECILES)]}
+    out: dict[str, Any] = {
+        "total": total,
+        "decile": [float(b.grad_sq[dec == d].sum()) / denom for d in range(N_DECILES)],
+    }
     fam = torch.tensor([families.index(f) for f in b.family])
     out["family"] = {f: float(b.grad_sq[fam == k].sum()) / denom for k, f in enumerate(families)}
     out["family_decile"] = {f: [float(b.grad_sq[(fam == k) & (dec == d)].sum()) / denom for d in range(N_DECILES)]
@@ -105,9 +108,9 @@ def load_records(path: Path) -> list[dict[str, Any]]:
 def probe_batches(records: list[dict[str, Any]], tok: Any, max_prompt_len: int, max_len: int, batch: int,
                   n_batches: int) -> list[tuple[dict[str, torch.Tensor], list[str]]]:  # fmt: skip
     """The first n_batches x batch records of a split, tokenised as training does, with each record's task."""
-    from adakd_ds.experiments.grid.token_analysis import load_samples
-
     import tempfile
+
+    from adakd_ds.experiments.grid.token_analysis import load_samples
 
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         for r in records[: batch * n_batches]:
@@ -143,7 +146,9 @@ def checkpoint_shares(cfg: LossConfig, ratio: float, student: Any, teacher: Any,
 
 
 @torch.no_grad()
-def heldout_kl(student: Any, teacher: Any, batches: list[tuple[dict[str, torch.Tensor], list[str]]]) -> dict[str, float]:
+def heldout_kl(
+    student: Any, teacher: Any, batches: list[tuple[dict[str, torch.Tensor], list[str]]]
+) -> dict[str, float]:
     """Token-mean KL(teacher || student) ("fkl") and KL(student || teacher) ("rkl") at temperature 1."""
     sums = {"fkl": 0.0, "rkl": 0.0}
     n = 0

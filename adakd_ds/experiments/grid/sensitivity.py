@@ -144,7 +144,8 @@ def collect(out: Path, phase: Phase) -> dict[str, dict[str, list[dict[str, Any]]
             continue
         rouge = json.loads(res.read_text())["rougeL"]["mean"]
         found.setdefault(setting, {}).setdefault(f"{cell.loss.value}-{cell.variant.value}", []).append(
-            {"seed": cell.seed, "rougeL": rouge, "eval_kd": final_eval_kd(cell_dir)})
+            {"seed": cell.seed, "rougeL": rouge, "eval_kd": final_eval_kd(cell_dir)}
+        )
     return found
 
 
