@@ -7,6 +7,11 @@ time. Peak memory is measured in a FRESH subprocess per variant: the peak RSS is
 the same for every variant. The floor row is one pass that reads both inputs and writes a gradient of their size.
 
     .venv/bin/python bench/loss_bench.py --tokens 4096 --vocab 32000 --repeats 5
+
+The cost of loss.idts_grad = through (issue 21), with materialised logits and with the fused head (hidden size
+--hidden; the fused rows time the head's matmuls too, so compare them with each other):
+
+    .venv/bin/python bench/loss_bench.py --variants adakd_rkl adakd_rkl_through fused_rkl fused_rkl_through
 TRL is an optional peer (a bench-only extra: pip install -e .[bench]); without it its row is skipped with a note.
 """
 
@@ -28,7 +33,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_common import load, measure_once, missing_peer, run_json  # noqa: E402
 
-VARIANTS = ("fkl_chunked", "adakd_rkl", "trl_gjsd", "naive_rkl", "floor")
+VARIANTS = (
+    "fkl_chunked",
+    "adakd_rkl",
+    "trl_gjsd",
+    "naive_rkl",
+    "floor",
+    "adakd_rkl_through",
+    "fused_rkl",
+    "fused_rkl_through",
+)
+DEFAULT_VARIANTS = VARIANTS[:5]
+FUSED = {"fused_rkl": False, "fused_rkl_through": True}  # variant -> idts_grad through?
 PEERS = {"trl_gjsd": ("trl", "trl")}  # variant -> (module, pip extra): optional, skipped with a note when missing
 LABELS = {
     "floor": "floor: one pass reading both inputs, writing a [T, V] gradient",
@@ -36,6 +52,9 @@ LABELS = {
     "adakd_rkl": "AdaKD-rkl (hellinger, LATF r=0.75, IDTS c=0.5)",
     "trl_gjsd": "TRL GKDTrainer.generalized_jsd_loss (beta=1)",
     "naive_rkl": "naive unchunked PyTorch rkl",
+    "adakd_rkl_through": "AdaKD-rkl, loss.idts_grad=through",
+    "fused_rkl": "AdaKD-rkl, fused head (hidden -> logits per chunk)",
+    "fused_rkl_through": "AdaKD-rkl, fused head, loss.idts_grad=through",
 }
 
 
@@ -47,17 +66,53 @@ def make_inputs(tokens: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor, to
     return student, teacher, labels
 
 
-def build(variant: str, chunk_size: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def _fused(through: bool, chunk_size: int, tokens: int, vocab: int, hidden: int):
+    """The fused-head loss on fixed hidden states and head weights (the logits arguments are ignored)."""
+    from adakd_ds.config.schema import IdtsGrad, LossConfig
+    from adakd_ds.loss.adakd_loss import AdaKDLoss
+    from adakd_ds.loss.fused_head import HeadInput
+
+    grad = IdtsGrad.THROUGH if through else IdtsGrad.DETACHED
+    loss_fn = AdaKDLoss(LossConfig(idts_grad=grad, chunk_size=chunk_size), total_steps=100)
+    loss_fn.controller.ratio = 0.75
+    g = torch.Generator().manual_seed(1)
+    hs, ht = (torch.randn(tokens, hidden, generator=g) for _ in range(2))
+    ws, wt = (torch.randn(vocab, hidden, generator=g).mul_(hidden**-0.5 * 2.0) for _ in range(2))
+    cache: dict[int, tuple] = {}
+
+    def fn(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = s.shape[0]  # the warm-up call uses fewer tokens than the measured one
+        if n not in cache:
+            cache.clear()
+            cache[n] = (hs[:n].clone().requires_grad_(True), ws.clone().requires_grad_(True))
+        h, w = cache[n]
+        h.grad = w.grad = None
+        return loss_fn(HeadInput(h, w), HeadInput(ht[:n], wt), y)[0]
+
+    return fn
+
+
+def build(
+    variant: str, chunk_size: int, tokens: int = 0, vocab: int = 0, hidden: int = 256
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """A function (student, teacher, labels) -> scalar loss; imports happen here, before any measurement."""
-    if variant in ("fkl_chunked", "adakd_rkl"):
-        from adakd_ds.config.schema import Divergence, Indicator, LossConfig
+    if variant in FUSED:
+        return _fused(FUSED[variant], chunk_size, tokens, vocab, hidden)
+    if variant in ("fkl_chunked", "adakd_rkl", "adakd_rkl_through"):
+        from adakd_ds.config.schema import Divergence, IdtsGrad, Indicator, LossConfig
         from adakd_ds.loss.adakd_loss import AdaKDLoss
 
         if variant == "fkl_chunked":
             cfg = LossConfig(divergence=Divergence.FKL, adakd=False, chunk_size=chunk_size)
         else:
+            grad = IdtsGrad.THROUGH if variant == "adakd_rkl_through" else IdtsGrad.DETACHED
             cfg = LossConfig(
-                divergence=Divergence.RKL, adakd=True, indicator=Indicator.HELLINGER, c=0.5, chunk_size=chunk_size
+                divergence=Divergence.RKL,
+                adakd=True,
+                indicator=Indicator.HELLINGER,
+                c=0.5,
+                chunk_size=chunk_size,
+                idts_grad=grad,
             )
         loss_fn = AdaKDLoss(cfg, total_steps=100)
         loss_fn.controller.ratio = 0.75
@@ -103,10 +158,10 @@ def fwd_bwd(fn, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
     return float(loss.detach())
 
 
-def measure_memory(variant: str, tokens: int, vocab: int, chunk_size: int, threads: int) -> dict:
+def measure_memory(variant: str, tokens: int, vocab: int, chunk_size: int, threads: int, hidden: int = 256) -> dict:
     """Runs inside a fresh subprocess: peak RSS growth of one forward + backward (after a warm-up), in MiB."""
     torch.set_num_threads(threads)
-    fn = build(variant, chunk_size)
+    fn = build(variant, chunk_size, tokens, vocab, hidden)
     fwd_bwd(fn, *make_inputs(8, vocab))  # first-call costs (allocator, kernels) are not the variant's memory
     student, teacher, labels = make_inputs(tokens, vocab)
     m = measure_once(lambda: fwd_bwd(fn, student, teacher, labels))
@@ -115,7 +170,16 @@ def measure_memory(variant: str, tokens: int, vocab: int, chunk_size: int, threa
 
 
 def memory_in_subprocess(variant: str, args: argparse.Namespace) -> dict:
-    extra = ["--memory-of", variant, "--tokens", str(args.tokens), "--vocab", str(args.vocab)]
+    extra = [
+        "--memory-of",
+        variant,
+        "--tokens",
+        str(args.tokens),
+        "--vocab",
+        str(args.vocab),
+        "--hidden",
+        str(args.hidden),
+    ]
     return run_json(
         os.path.abspath(__file__), extra + ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
     )
@@ -123,7 +187,7 @@ def memory_in_subprocess(variant: str, args: argparse.Namespace) -> dict:
 
 def time_all(args: argparse.Namespace, variants: list[str]) -> tuple[dict, dict, dict]:
     torch.set_num_threads(args.threads)
-    fns = {v: build(v, args.chunk_size) for v in variants}
+    fns = {v: build(v, args.chunk_size, args.tokens, args.vocab, args.hidden) for v in variants}
     student, teacher, labels = make_inputs(args.tokens, args.vocab)
     losses = {v: fwd_bwd(fns[v], student, teacher, labels) for v in variants}  # warm-up, and the values
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -146,14 +210,20 @@ def main(argv: list[str] | None = None) -> None:
         "--chunk-size", type=int, default=0, help="the AdaKD kernel's tokens per chunk (0: auto, ~2**20 logits)"
     )
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
+    ap.add_argument("--hidden", type=int, default=256, help="hidden size of the fused-head variants")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
     ap.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # the subprocess mode
     args = ap.parse_args(argv)
     if args.memory_of:
-        print(json.dumps(measure_memory(args.memory_of, args.tokens, args.vocab, args.chunk_size, args.threads)))
+        print(
+            json.dumps(
+                measure_memory(args.memory_of, args.tokens, args.vocab, args.chunk_size, args.threads, args.hidden)
+            )
+        )
         return
 
-    notes = {v: missing_peer(*PEERS[v]) for v in PEERS}
-    variants = [v for v in VARIANTS if not notes.get(v)]
+    notes = {v: missing_peer(*PEERS[v]) for v in PEERS if v in args.variants}
+    variants = [v for v in args.variants if not notes.get(v)]
     for v, note in notes.items():
         if note:
             print(f"{LABELS[v]}: {note}")
@@ -174,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
 
+    base = "fkl_chunked" if "fkl_chunked" in variants else None
+
     def vs(v: str, ref: str | None, table: dict) -> str:
         return f"{table[v] / table[ref]:.2f}x" if ref else "n/a"
 
@@ -181,14 +253,21 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         loss = "" if v == "floor" else f"{losses[v]:.5f}"
         print(
-            f"| {LABELS[v]} | {loss} | {med[v]:.3f} | {med_cpu[v]:.3f} | {vs(v, 'fkl_chunked', med_cpu)} | "
-            f"{vs(v, peer, med_cpu)} | {vs(v, 'floor', med_cpu)} | {mem_mib[v]:.0f} | {vs(v, peer, mem_mib)} |"
+            f"| {LABELS[v]} | {loss} | {med[v]:.3f} | {med_cpu[v]:.3f} | {vs(v, base, med_cpu)} | "
+            f"{vs(v, peer, med_cpu)} | {vs(v, 'floor' if 'floor' in variants else None, med_cpu)} | {mem_mib[v]:.0f} | {vs(v, peer, mem_mib)} |"
         )
-    r_fkl = med_cpu["adakd_rkl"] / med_cpu["fkl_chunked"]
+    for detached, through in (("adakd_rkl", "adakd_rkl_through"), ("fused_rkl", "fused_rkl_through")):
+        if detached in variants and through in variants:
+            print(
+                f"\nthrough / detached ({detached}): CPU time {med_cpu[through] / med_cpu[detached]:.2f}x, "
+                f"wall {med[through] / med[detached]:.2f}x, peak RSS growth {mem_mib[through] / mem_mib[detached]:.2f}x"
+            )
     print("\n| target (CPU time) | value | met |")
     print("|---|---|---|")
-    print(f"| AdaKD-rkl time <= 1.15x plain fkl | {r_fkl:.2f}x | {'yes' if r_fkl <= 1.15 else 'NO'} |")
-    if peer:
+    if base and "adakd_rkl" in variants:
+        r_fkl = med_cpu["adakd_rkl"] / med_cpu["fkl_chunked"]
+        print(f"| AdaKD-rkl time <= 1.15x plain fkl | {r_fkl:.2f}x | {'yes' if r_fkl <= 1.15 else 'NO'} |")
+    if peer and "adakd_rkl" in variants:
         r_trl, r_mem = med_cpu["adakd_rkl"] / med_cpu[peer], mem_mib["adakd_rkl"] / mem_mib[peer]
         print(f"| AdaKD-rkl time <= 0.8x TRL | {r_trl:.2f}x | {'yes' if r_trl <= 0.8 else 'NO'} |")
         print(f"| AdaKD-rkl peak memory <= 0.25x TRL | {r_mem:.2f}x | {'yes' if r_mem <= 0.25 else 'NO'} |")

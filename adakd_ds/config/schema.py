@@ -49,6 +49,28 @@ class Indicator(str, enum.Enum):
     RANDOM = "random"
 
 
+class IdtsGrad(str, enum.Enum):
+    """Whether the IDTS temperatures carry gradient (issue 21)."""
+
+    DETACHED = "detached"  # the paper's text: tau (the score, the median) is a constant of the loss
+    THROUGH = "through"  # the authors' released code: score, median and tau stay in the graph (Hellinger only)
+
+
+class IdtsWeight(str, enum.Enum):
+    """The per-token weight w_i of the IDTS loss, sum_i w_i * d_i(tau_i) / k (issue 21)."""
+
+    TAU2 = "tau2"  # the paper and the authors' code: w_i = tau_i^2
+    NONE = "none"  # w_i = 1
+    NORMALIZED = "normalized"  # ours: tau_i^2 / mean over the selected tokens (global) of tau^2, so mean w = 1
+
+
+class MedianPool(str, enum.Enum):
+    """Which scores the IDTS median is taken over, globally (issue 21)."""
+
+    SELECTED = "selected"  # the paper: the tokens LATF kept
+    VALID = "valid"  # every valid token of the global micro-batch
+
+
 class DataPolicy(str, enum.Enum):
     DATASET = "dataset"  # the dataset's responses (supervised KD)
     GKD = "gkd"  # on-policy: with probability gkd_alpha per step, the current student's own samples
@@ -109,6 +131,9 @@ class LossConfig:
     # IDTS
     c: float = 0.5
     inverse_sign: bool = True  # True: hard tokens get a LOW temperature (the method); False is the ablation
+    idts_grad: IdtsGrad = IdtsGrad.DETACHED  # through: the authors' code's gradient via tau (no-op without IDTS)
+    idts_weight: IdtsWeight = IdtsWeight.TAU2  # per-token weight with IDTS on (without IDTS: temperature^2 as before)
+    median_pool: MedianPool = MedianPool.SELECTED  # the median's pool (matters with LATF and IDTS both on)
     # divergence parameters
     jsd_beta: float = 0.5
     skew_lambda: float = 0.1
@@ -126,6 +151,16 @@ class LossConfig:
     @property
     def use_idts(self) -> bool:
         return self.adakd and self.idts
+
+    def problems(self) -> list[str]:
+        """Combinations the loss cannot compute, one phrase each (collected by RunConfig.validate and AdaKDLoss)."""
+        out = []
+        if self.use_idts and self.idts_grad == IdtsGrad.THROUGH and self.indicator != Indicator.HELLINGER:
+            out.append(
+                f"loss.idts_grad through needs loss.indicator hellinger (the authors' score, whose gradient the loss "
+                f"implements), got loss.indicator {getattr(self.indicator, 'value', self.indicator)}"
+            )
+        return out
 
 
 @dataclass
@@ -234,6 +269,7 @@ class RunConfig:
             problems.append("data.max_prompt_len must be smaller than data.max_len")
         if self.train.eval_interval < 0:
             problems.append(f"train.eval_interval must be >= 0, got {self.train.eval_interval}")
+        problems += self.loss.problems()
         problems += self.policy.problems(self.mode, self.data.eval_source, self.train.eval_interval)
         problems += [p for p in range_problems(self) if not any(p.split()[0] in q for q in problems)]
         if problems:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adakd_ds.config.schema import Indicator, LossConfig
+from adakd_ds.config.schema import IdtsGrad, IdtsWeight, Indicator, LossConfig, MedianPool
 from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
@@ -21,7 +21,14 @@ from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, 
 from adakd_ds.loss.divergences._common import tau_column, work_dtype
 from adakd_ds.loss.divergences.ce import cross_entropy_with_grad
 from adakd_ds.loss.fused_head import HeadInput, HeadRows, gathered
-from adakd_ds.loss.idts import idts_temperatures, lower_median
+from adakd_ds.loss.idts import idts_tau_partials, idts_temperatures, lower_median
+from adakd_ds.loss.idts_through import (
+    ThroughPlan,
+    local_sums,
+    score_coefficients,
+    score_grad_kernel,
+    through_kd_kernel,
+)
 from adakd_ds.loss.latf import LATFController, select_top_ratio
 
 IGNORE_INDEX = -100
@@ -104,7 +111,13 @@ class AdaKDLoss(torch.nn.Module):
 
     def __init__(self, cfg: LossConfig, total_steps: int = 1, seed: int = 0) -> None:
         super().__init__()
+        problems = cfg.problems()
+        if problems:
+            raise ValueError("invalid loss config: " + "; ".join(problems))
         self.cfg = cfg
+        self.weight = IdtsWeight(cfg.idts_weight) if cfg.use_idts else IdtsWeight.TAU2  # without IDTS: T^2 as ever
+        self.through = cfg.use_idts and IdtsGrad(cfg.idts_grad) is IdtsGrad.THROUGH
+        self.median_pool = MedianPool(cfg.median_pool)
         self.divergence = get_divergence(parse_divergence(cfg.divergence), cfg)
         self.divergence_with_grad = get_divergence_with_grad(cfg.divergence)  # None: autograd per chunk
         self.indicator = parse_indicator(cfg.indicator)
@@ -207,14 +220,20 @@ class AdaKDLoss(torch.nn.Module):
         stats = LossStats(loss=0.0, kd_loss=0.0, ce_loss=0.0, ratio=1.0, k=0, n=n_global)
         kd_sum = torch.zeros((), dtype=work_dtype(flat.student.dtype), device=dev)
         if use_kd:
+            norm, plan = None, None
             if selective:
-                rows, taus = self._select(flat, scores_local, counts, offset, stats)
+                rows, taus, norm, plan = self._select(flat, scores_local, counts, offset, stats, buffer.enabled)
             else:
                 rows, taus = flat.valid_rows, float(cfg.temperature)
                 self._fill_plain_stats(stats, n_global, counts, cfg.temperature, dev)
             k_den = step_totals[0] if step_totals else stats.k
-            kernel = self._kd_kernel(flat, taus)
-            kd_sum = buffer.accumulate(rows, kernel, size, cfg.kd_ratio * world * accum / k_den)
+            scale = cfg.kd_ratio * world * accum / k_den
+            kernel = self._kd_kernel(flat, taus, norm, plan)
+            kd_sum = buffer.accumulate(rows, kernel, size, scale)
+            if plan is not None:  # the through terms: one more collective (every rank: the same config) and pass
+                sums = all_reduce_sum(local_sums(plan, kd_sum))
+                score_rows, coef = score_coefficients(plan, sums.to(plan.gtau.dtype), rows)
+                buffer.accumulate(score_rows, score_grad_kernel(flat.teacher, coef), size, scale)
 
         k_den, n_den = step_totals if step_totals else (max(stats.k, 1), n_global)
         ce_sum = torch.zeros_like(kd_sum)
@@ -238,9 +257,19 @@ class AdaKDLoss(torch.nn.Module):
         return buffer.attach(local_loss), stats
 
     def _select(
-        self, flat: _Flat, scores_local: Tensor | None, counts: list[int], offset: int, stats: LossStats
-    ) -> tuple[Tensor, Tensor]:
-        """LATF selection and IDTS temperatures over the global batch: (local selected rows, their taus)."""
+        self,
+        flat: _Flat,
+        scores_local: Tensor | None,
+        counts: list[int],
+        offset: int,
+        stats: LossStats,
+        wants_grad: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None, ThroughPlan | None]:
+        """LATF selection and IDTS temperatures over the global batch.
+
+        Returns (local selected rows, their taus, M = mean_S tau^2 for the normalized weight or None, the through
+        plan or None).
+        """
         cfg = self.cfg
         n_global, n_local = sum(counts), flat.valid_rows.numel()
         dev = flat.student.device
@@ -253,8 +282,9 @@ class AdaKDLoss(torch.nn.Module):
         ratio = self.controller.ratio if cfg.use_latf else 1.0
         selected = select_top_ratio(scores, ratio) if cfg.use_latf else torch.ones_like(scores, dtype=torch.bool)
         taus_global = torch.full((n_global,), float(cfg.temperature), dtype=scores.dtype, device=dev)
+        pool = selected if self.median_pool is MedianPool.SELECTED else torch.ones_like(selected)
         if cfg.use_idts:
-            median = lower_median(scores[selected])
+            median = lower_median(scores[pool])
             stats.median = float(median)
             taus_global[selected] = idts_temperatures(
                 scores[selected], median, cfg.temperature, cfg.c, cfg.inverse_sign
@@ -262,21 +292,55 @@ class AdaKDLoss(torch.nn.Module):
         local_sel = selected[offset : offset + n_local]
         stats.k = int(selected.sum())
         self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
-        return flat.valid_rows[local_sel], taus_global[offset : offset + n_local][local_sel]
+        rows, taus = flat.valid_rows[local_sel], taus_global[offset : offset + n_local][local_sel]
+        norm = taus_global[selected].square().mean() if self.weight is IdtsWeight.NORMALIZED else None
+        plan = None
+        if self.through and wants_grad:
+            pool_idx = pool.nonzero().squeeze(1)
+            j = int(pool_idx[torch.sort(scores[pool]).indices[(pool_idx.numel() - 1) // 2]])  # the median's token
+            d_s, d_m = idts_tau_partials(scores[selected], median, cfg.temperature, cfg.c, cfg.inverse_sign)
+            local = local_sel.nonzero().squeeze(1) + offset  # global positions of the local selected tokens
+            pos = torch.cumsum(selected.long(), 0) - 1  # global position -> index among the selected
+            median_row = int(flat.valid_rows[j - offset]) if offset <= j < offset + n_local else None
+            plan = ThroughPlan(taus, d_s[pos[local]], d_m[pos[local]], median_row, stats.k, norm)
+        return rows, taus, norm, plan
 
-    def _kd_kernel(self, flat: _Flat, taus: Tensor | float):
-        """Chunk kernel for sum tau^2 * d(tau): analytic gradient where the divergence has one, else autograd."""
+    def _token_weight(self, tau: Tensor, norm: Tensor | None) -> Tensor:
+        """w(tau) per token: tau^2 (the paper), 1, or tau^2 / M (ours, `normalized`); tau a [c, 1] column."""
+        if self.weight is IdtsWeight.NONE:
+            return torch.ones_like(tau)
+        if self.weight is IdtsWeight.NORMALIZED:
+            return tau.square() / norm.to(tau.dtype)
+        return tau.square()
+
+    def _kd_kernel(
+        self, flat: _Flat, taus: Tensor | float, norm: Tensor | None = None, plan: ThroughPlan | None = None
+    ):
+        """Chunk kernel for sum w(tau) * d(tau): analytic gradient where the divergence has one, else autograd.
+
+        With a through plan, autograd also differentiates in tau (idts_through.py), whatever the divergence.
+        """
         teacher = flat.teacher
         analytic = self.divergence_with_grad
 
         def tau_of(chunk: RowChunk) -> Tensor | float:
             return taus[chunk.pos] if isinstance(taus, Tensor) else taus
 
+        if plan is not None:
+
+            def tau_values(x: Tensor, tau: Tensor, chunk: RowChunk) -> Tensor:
+                t = teacher.take(chunk).to(x.dtype)
+                return self._token_weight(tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
+
+            return through_kd_kernel(tau_values, taus, plan)
+
         if analytic is None:
 
             def values(x: Tensor, chunk: RowChunk) -> Tensor:
                 tau = tau_column(tau_of(chunk), x)
                 t = teacher.take(chunk).to(x.dtype)
+                if self.weight is not IdtsWeight.TAU2:
+                    return self._token_weight(tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
                 return tau.squeeze(-1).square() * self.divergence(x, t, tau.squeeze(-1))
 
             return autograd_kernel(values)
@@ -285,7 +349,7 @@ class AdaKDLoss(torch.nn.Module):
             tau = tau_column(tau_of(chunk), x)
             t = teacher.take(chunk).to(x.dtype)
             vals, g, factor = analytic(x, t, tau, sink is not None)
-            w = tau.square()
+            w = self._token_weight(tau, norm)
             if sink is not None:
                 sink.add(g, w * factor)
             return torch.linalg.vecdot(w.squeeze(-1), vals)

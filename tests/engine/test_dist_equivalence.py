@@ -7,6 +7,7 @@ so rank r's gradient rows divided by world_size must equal the single-process gr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import traceback
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from adakd_ds.config.schema import Divergence, Indicator, LossConfig
+from adakd_ds.config.schema import Divergence, IdtsGrad, IdtsWeight, Indicator, LossConfig, MedianPool
 from adakd_ds.loss.adakd_loss import AdaKDLoss
 from tests.loss import reference_loss as ref
 
@@ -42,8 +43,20 @@ CASES = {
     "empty_rank": Case("empty_rank", LossConfig(divergence=Divergence.FKL), ratio=0.7),
     "random": Case("random", LossConfig(indicator=Indicator.RANDOM), ratio=0.5, seed=7),
     "ties": Case("ties", LossConfig(divergence=Divergence.TVD), ratio=0.45),  # N = 16, k = 7: one pair splits
+    # issue 21's knobs: the through pass's all-reduce, the global mean of tau^2 and the median over all valid tokens
+    "knobs": Case(
+        "knobs",
+        LossConfig(
+            idts_grad=IdtsGrad.THROUGH, idts_weight=IdtsWeight.NORMALIZED, median_pool=MedianPool.VALID, chunk_size=4
+        ),
+        ratio=0.5,
+    ),
+    "knobs_empty_rank": Case(
+        "knobs_empty_rank", LossConfig(divergence=Divergence.JSD, idts_grad=IdtsGrad.THROUGH), ratio=0.6
+    ),
 }
-SEEDS = {"equal": 1, "skewed": 2, "empty_rank": 3, "random": 4, "ties": 5}
+SEEDS = {"equal": 1, "skewed": 2, "empty_rank": 3, "random": 4, "ties": 5, "knobs": 6, "knobs_empty_rank": 7}
+EMPTY_RANK_1 = ("empty_rank", "knobs_empty_rank")  # cases whose rank 1 holds no valid token
 LATF_CFG = LossConfig(warmup_frac=0.2, ema_beta=0.5, eps=0.05, delta=0.1, r_min=0.3)
 
 
@@ -57,7 +70,7 @@ def case_batch(name: str, step: int = 0):
     if name == "skewed":
         labels[B // 2 :, :] = -100
         labels[B // 2, 2] = 3  # rank 1 keeps a single valid token
-    elif name == "empty_rank":
+    elif name in EMPTY_RANK_1:
         labels[B // 2 :, :] = -100
     elif name == "ties":  # rank 1 holds copies of rank 0's rows: every score is tied across ranks
         for t in (zs, zt, labels, mask):
@@ -169,8 +182,9 @@ def single(name: str) -> dict:
 def test_selection_median_and_taus_match(ranks, name):
     one = single(name)["stats"]
     sel = one.selected.bool()
-    median = ref.lower_median(one.scores[sel].tolist())  # the reference's lower median of the selected scores
-    assert one.median == median, "stats.median is not the lower median of the selected scores"
+    pool = sel if CASES[name].cfg.median_pool is MedianPool.SELECTED else torch.ones_like(sel)
+    median = ref.lower_median(one.scores[pool].tolist())  # the reference's lower median of the pool's scores
+    assert one.median == median, "stats.median is not the lower median of the pool's scores"
     for r, res in enumerate(ranks):
         st = res[name]["stats"]
         assert (st.n, st.k) == (one.n, one.k), f"rank {r}"
@@ -225,10 +239,22 @@ def test_ties_go_to_the_lower_global_index(ranks):
     assert int(sel[:n0].sum()) == int(sel[n0:].sum()) + 1
 
 
-def test_empty_rank_has_zero_gradient_and_loss(ranks):
-    res = ranks[1]["empty_rank"]
+@pytest.mark.parametrize("name", EMPTY_RANK_1)
+def test_empty_rank_has_zero_gradient_and_loss(ranks, name):
+    res = ranks[1][name]
     assert float(res["loss"]) == 0.0
     assert torch.all(res["grad"] == 0)
+
+
+def test_knob_cases_are_not_the_defaults():
+    """The knob cases' single-process gradient differs from the default loss's on the same batch (not vacuous)."""
+    for name in ("knobs", "knobs_empty_rank"):
+        case = CASES[name]
+        default = dataclasses.replace(case.cfg, idts_grad=IdtsGrad.DETACHED, idts_weight=IdtsWeight.TAU2)
+        default = dataclasses.replace(default, median_pool=MedianPool.SELECTED)
+        loss_fn = AdaKDLoss(default, total_steps=10)
+        loss_fn.controller.ratio = case.ratio
+        assert (run_one(loss_fn, *case_batch(name))["grad"] - single(name)["grad"]).abs().max() > 1e-4, name
 
 
 def test_latf_state_after_several_steps(ranks):

@@ -144,6 +144,9 @@ class RefCfg:
     inverse_sign: bool = True
     kd_ratio: float = 1.0
     params: dict = field(default_factory=dict)
+    idts_weight: str = "tau2"  # tau2 | none | normalized (tau^2 / mean over the selected of tau^2)
+    median_pool: str = "selected"  # selected | valid
+    idts_through: bool = False  # the score, the median and tau stay in the graph (loss.idts_grad = through)
 
     @classmethod
     def from_loss_config(cls, cfg) -> RefCfg:
@@ -157,6 +160,9 @@ class RefCfg:
             c=cfg.c,
             inverse_sign=cfg.inverse_sign,
             kd_ratio=cfg.kd_ratio,
+            idts_weight=getattr(cfg.idts_weight, "value", cfg.idts_weight),
+            median_pool=getattr(cfg.median_pool, "value", cfg.median_pool),
+            idts_through=getattr(cfg.idts_grad, "value", cfg.idts_grad) == "through",
             params={
                 "jsd_beta": cfg.jsd_beta,
                 "skew_lambda": cfg.skew_lambda,
@@ -193,8 +199,10 @@ def adakd_reference(
     """The whole objective L of the API spec, for one process holding the whole batch.
 
     student_logits may require grad (float64); its gradient through this function is the reference gradient.
-    With detach_tau=False the temperatures keep their graph (the released code's bug), for the detach test.
+    With detach_tau=False the temperatures keep their graph (the released code's bug), for the detach test;
+    cfg.idts_through=True does the same (loss.idts_grad = through).
     """
+    detach_tau = detach_tau and not cfg.idts_through
     v = student_logits.shape[-1]
     zs_all = student_logits.reshape(-1, v)
     zt_all = teacher_logits.reshape(-1, teacher_logits.shape[-1])[:, :v]
@@ -222,7 +230,8 @@ def adakd_reference(
     median = None
     taus = []
     if use_idts:
-        med_t = lower_median(torch.stack([scores[j] for j in sel_pos]))
+        pool = sel_pos if cfg.median_pool == "selected" else list(range(n))
+        med_t = lower_median(torch.stack([scores[j] for j in pool]))
         median = float(med_t.detach())
         for j in sel_pos:
             taus.append(idts_tau_one(scores[j], med_t, cfg.temperature, cfg.c, cfg.inverse_sign))
@@ -230,10 +239,19 @@ def adakd_reference(
         taus = [torch.tensor(cfg.temperature, dtype=torch.float64) for _ in sel_pos]
 
     kd = torch.zeros((), dtype=torch.float64)
-    for j, tau in zip(sel_pos, taus, strict=True):
+    used = [tau.detach() if detach_tau else tau for tau in taus]
+    mean_sq = sum(t**2 for t in used) / k
+    for j, tau_used in zip(sel_pos, used, strict=True):
         i = valid[j]
-        tau_used = tau.detach() if detach_tau else tau
-        kd = kd + tau_used**2 * divergence_one(cfg.divergence, zs_all[i], zt_all[i], tau_used, cfg.params)
+        if not use_idts or cfg.idts_weight == "tau2":
+            weight = tau_used**2
+        elif cfg.idts_weight == "none":
+            weight = 1.0
+        elif cfg.idts_weight == "normalized":
+            weight = tau_used**2 / mean_sq
+        else:
+            raise KeyError(cfg.idts_weight)
+        kd = kd + weight * divergence_one(cfg.divergence, zs_all[i], zt_all[i], tau_used, cfg.params)
     kd = kd / k
 
     ce = None
