@@ -79,8 +79,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 )}  # fmt: skip
 
 
-def cells_for(setting: Setting, phase: Phase, methods: list[Method], seeds: tuple[int, ...]) -> list[Cell]:
-    return [Cell(m, v, s) for m in methods for v in setting.variants for s in seeds]
+def cells_for(setting: Setting, methods: list[Method], seeds: tuple[int, ...],
+              only: list[Variant] | None = None) -> list[Cell]:  # fmt: skip
+    """The setting's cells; ``only``: just these of its variants (the report phase needs no ablation cells)."""
+    return [Cell(m, v, s) for m in methods for v in setting.variants if not only or v in only for s in seeds]
 
 
 def setting_setup(base: Setup, setting: Setting, phase: Phase, paths: dict[str, Path]) -> Setup:
@@ -107,7 +109,7 @@ def final_eval_kd(cell_dir: Path) -> float | None:
 
 
 def run(phase: Phase, names: list[str], methods: list[Method], out: Path, seeds: tuple[int, ...] | None,
-        home: Path | None = None) -> dict[str, Any]:  # fmt: skip
+        home: Path | None = None, only: list[Variant] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or continue) the phase's cells one at a time; returns {setting: {loss-variant: [cell rows]}}."""
     spec = GridSpec(embedded=True, out=str(out), embedded_dir=str(home or out / "embedded"), seeds=[1])
     t0 = time.perf_counter()
@@ -121,7 +123,7 @@ def run(phase: Phase, names: list[str], methods: list[Method], out: Path, seeds:
         setting = SETTINGS[name]
         setup = setting_setup(base, setting, phase, paths)
         where = out / phase.value / name
-        for cell in cells_for(setting, phase, methods, seeds):
+        for cell in cells_for(setting, methods, seeds, only):
             t1 = time.perf_counter()
             row = run_cell(cell, setup, where, quiet=True)
             kd = final_eval_kd(Path(row.cell_dir))
@@ -179,12 +181,41 @@ def table(found: dict[str, dict[str, list[dict[str, Any]]]], loss: str) -> tuple
     return "\n".join(lines), rows
 
 
+def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Bars of ROUGE-L (mean ± std over seeds) per setting and variant, and the held-out RKL beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['setting']}\n{r['variant']}" for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) + 4), 4.2))
+    colors = ["tab:grey" if r["variant"] == "base" else "tab:blue" for r in rows]
+    for ax, key, name in (
+        (a, "rougeL", "ROUGE-L (sampled, x100)"),
+        (b, "eval_kd", "held-out RKL to the teacher (val)"),
+    ):
+        means = [r[key][0] or 0.0 for r in rows]
+        stds = [r[key][1] or 0.0 for r in rows]
+        ax.bar(range(len(rows)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel(name)
+    base = [r for r in rows if r["variant"] == "base"]
+    if base:
+        a.axhline(base[0]["rougeL"][0], color="grey", lw=0.8, ls="--")
+    a.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--phase", type=Phase, required=True, choices=list(Phase))
     p.add_argument("--settings", nargs="+", default=["paper"], choices=list(SETTINGS))
     p.add_argument("--losses", nargs="+", type=Method, default=[Method("rkl")])
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the phase's (choose 1 2, report 4 5 6)")
+    p.add_argument("--variants", nargs="+", type=Variant, default=None, help="only these of each setting's variants")
     p.add_argument("--out", required=True)
     p.add_argument("--embedded-dir", default=None, help="the shared teacher data and SFT init (default <out>/embedded)")
     p.add_argument("--table-only", action="store_true", help="only print the tables of the cells on disk")
@@ -196,13 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     home = Path(args.embedded_dir).resolve() if args.embedded_dir else None
     if not args.table_only:
-        run(args.phase, args.settings, args.losses, out, tuple(args.seeds) if args.seeds else None, home)
+        run(args.phase, args.settings, args.losses, out, tuple(args.seeds) if args.seeds else None, home, args.variants)
     found = collect(out, args.phase)
     report: dict[str, Any] = {}
     for loss in dict.fromkeys(m.value for m in args.losses):
         md, rows = table(found, loss)
         print(f"\n{args.phase.value} ({PHASE_SPLIT[args.phase]} split), {loss}:\n{md}")
         report[loss] = rows
+        if rows:
+            chart(
+                rows,
+                out / f"{args.phase.value}_{loss}.png",
+                f"{loss}, {args.phase.value} phase ({PHASE_SPLIT[args.phase]} split), mean ± std over training seeds",
+            )
     (out / f"{args.phase.value}.json").write_text(json.dumps(report, indent=1, default=str))
     return 0
 
