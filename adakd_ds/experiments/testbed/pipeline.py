@@ -20,7 +20,7 @@ import yaml
 from adakd_ds.experiments.testbed.reproducible import pinned_env, pinned_threads
 from adakd_ds.experiments.testbed.stage_clock import wait_child
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # adakd_ds/experiments/testbed/ -> the repository root
 
 
 class StageError(RuntimeError):
