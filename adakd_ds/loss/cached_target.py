@@ -91,7 +91,9 @@ def check_ids(rows: CachedRows, valid_rows: Tensor, vocab: int) -> None:
 
 
 @torch.no_grad()
-def cached_difficulty(indicator: Indicator, rows: CachedRows, student: Tensor, chunk: RowChunk, labels: Tensor) -> Tensor:
+def cached_difficulty(
+    indicator: Indicator, rows: CachedRows, student: Tensor, chunk: RowChunk, labels: Tensor
+) -> Tensor:
     """Per-token difficulty on the bins (teacher-dependent indicators) or on the full student (ce, entropy)."""
     if indicator in _STUDENT_ONLY:
         return token_difficulty(indicator, student, student, labels)
