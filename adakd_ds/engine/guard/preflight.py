@@ -70,6 +70,10 @@ def check_models(cfg: RunConfig) -> None:
     m = cfg.model
     if cfg.mode is Mode.DISTILL and m.teacher:
         check_model_path("model.teacher", m.teacher, PathKind.MODEL)
+    if m.teacher_cache:  # a missing or unfinished cache fails here; its fingerprints once the tokenizer is loaded
+        from adakd_ds.data.teacher_cache import TeacherCache
+
+        TeacherCache(m.teacher_cache)
     if m.student:
         check_model_path("model.student", m.student, PathKind.MODEL)
     elif m.student_config:
