@@ -210,7 +210,7 @@ class RunConfig:
         """Reject settings that would fail late or train the wrong thing."""
         problems = []
         if self.mode is Mode.DISTILL and not (self.model.teacher or self.model.teacher_cache):
-            problems.append("model.teacher (or model.teacher_cache) is required for mode=distill")
+            problems.append("model.teacher is required for mode=distill (or model.teacher_cache, a cached one)")
         if self.model.teacher and self.model.teacher_cache:
             problems.append("set model.teacher (a live teacher) or model.teacher_cache (a cached one), not both")
         if self.model.teacher_cache and self.policy.data_policy is not DataPolicy.DATASET:
