@@ -39,6 +39,7 @@ def full_cache(run_cfg, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_writer_kill_9_and_rerun_give_the_same_bytes(run_cfg, tiny_setup, tmp_path):
     """Uninterrupted vs killed (SIGKILL of rank 0 after its first shard) and rerun: identical files; and the cached
     rows equal a single-process float64-free recomputation of the teacher on each sample alone (fp16 round-off)."""
