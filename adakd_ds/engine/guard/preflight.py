@@ -120,3 +120,16 @@ def preflight(cfg: RunConfig, rank: int | None = None) -> list[str]:
     if rank == 0:
         acquire_run_lock(cfg.output.dir)
     return notes
+
+
+def preflight_cache(cfg: RunConfig) -> list[str]:
+    """adakd-cache-teacher's cheap checks (all ranks): the teacher, tokenizer, DeepSpeed and data paths; no run lock."""
+    if not cfg.model.teacher:
+        raise ValueError("model.teacher is required (the model whose distributions are cached)")
+    if not cfg.data.source:
+        raise ValueError("data.source is required")
+    check_model_path("model.teacher", cfg.model.teacher, PathKind.MODEL)
+    if cfg.model.tokenizer:
+        check_model_path("model.tokenizer", cfg.model.tokenizer, PathKind.TOKENIZER)
+    check_deepspeed(cfg)
+    return check_data(cfg)
