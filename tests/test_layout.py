@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[1] / "adakd_ds"
 LAYOUT_DOC = PKG.parent / "docs" / "development.md"
 
 # Rooms inside a top-level part that have a place of their own in the layering.
-SUBPARTS = ("engine.policy", "engine.guard", "experiments.testbed", "experiments.grid")
+SUBPARTS = ("engine.policy", "engine.guard", "engine.teacher_cache", "experiments.testbed", "experiments.grid")
 # The engine modules that ARE the recipe's flow: the only ones that may import policy/ and guard/.
 ENGINE_TOP = {"adakd_ds.engine.recipe", "adakd_ds.engine.cli", "adakd_ds.engine.run_summary"}
 LOW = {"config", "loss", "data", "checkpoint", "eval"}
@@ -32,7 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine.plumbing": LOW,
     "engine.policy": LOW | {"engine.plumbing"},
     "engine.guard": LOW | {"engine.plumbing"},
-    "engine": LOW | {"engine.plumbing", "engine.policy", "engine.guard"},
+    "engine.teacher_cache": LOW | {"engine.plumbing", "engine.guard"},
+    "engine": LOW | {"engine.plumbing", "engine.policy", "engine.guard", "engine.teacher_cache"},
     "slurm": {"config"},
     "experiments": set(),  # experiments/seed_stats.py and the package docstring: plain statistics
     "experiments.testbed": LOW | {"engine", "engine.plumbing", "engine.policy", "engine.guard", "slurm", "experiments"},

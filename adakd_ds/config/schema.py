@@ -100,6 +100,7 @@ class ModelConfig:
     student_config: str | None = None  # HF config (dir or config.json) to build a fresh student from
     tokenizer: str | None = None  # defaults to the student, else the teacher
     gradient_checkpointing: bool = False  # non-reentrant
+    teacher_cache: str | None = None  # an adakd-cache-teacher directory: distil from it, no teacher model is built
 
 
 @dataclass
@@ -243,8 +244,17 @@ class RunConfig:
     def validate(self) -> None:
         """Reject settings that would fail late or train the wrong thing."""
         problems = []
-        if self.mode is Mode.DISTILL and not self.model.teacher:
-            problems.append("model.teacher is required for mode=distill")
+        if self.mode is Mode.DISTILL and not (self.model.teacher or self.model.teacher_cache):
+            problems.append("model.teacher is required for mode=distill (or model.teacher_cache, a cached one)")
+        if self.model.teacher and self.model.teacher_cache:
+            problems.append("set model.teacher (a live teacher) or model.teacher_cache (a cached one), not both")
+        if self.model.teacher_cache and self.policy.data_policy is not DataPolicy.DATASET:
+            problems.append(
+                f"policy.data_policy {self.policy.data_policy.value} needs the live teacher on the student's own "
+                "samples; model.teacher_cache holds the dataset's responses only (use data_policy dataset)"
+            )
+        if self.model.teacher_cache and self.loss.idts_grad is IdtsGrad.THROUGH:
+            problems.append("loss.idts_grad through is not supported with model.teacher_cache (use detached)")
         if not (self.model.student or self.model.student_config):
             problems.append("set model.student (a model to load) or model.student_config (to build one)")
         if not self.data.source:

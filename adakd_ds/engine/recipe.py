@@ -22,6 +22,7 @@ from adakd_ds.checkpoint.rollback import set_aside_newer
 from adakd_ds.config.load import ConfigError, config_to_dict, resolve_shipped_path, save_config
 from adakd_ds.config.schema import FusedHead, LossConfig, Mode, RunConfig
 from adakd_ds.data import Collator, GlobalBatchSampler, build_dataset, dataset_fingerprint, tokenizer_fingerprint
+from adakd_ds.data.teacher_cache import TeacherCache, batch_rows, open_for_run
 from adakd_ds.engine.continuation import check_continuation
 from adakd_ds.engine.distributed import init_distributed, seed_everything, shutdown_distributed
 from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_config
@@ -31,7 +32,15 @@ from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED, PreemptionWatch
 from adakd_ds.engine.guard.tokenizer_match import check_teacher_tokenizer
 from adakd_ds.engine.history_file import JsonlHistory, truncate_history
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
-from adakd_ds.engine.models import build_student, build_teacher, check_vocab, load_tokenizer, tokenizer_source, unwrap
+from adakd_ds.engine.models import (
+    build_student,
+    build_teacher,
+    check_vocab,
+    load_tokenizer,
+    tokenizer_source,
+    unwrap,
+    vocab_sizes,
+)
 from adakd_ds.engine.optim_resume import apply_optimizer_settings
 from adakd_ds.engine.policy.heldout import HeldoutEval
 from adakd_ds.engine.policy.responses import ResponseProvider
@@ -40,6 +49,7 @@ from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.eval.hidden_forward import call_loss, model_output, resolve_fused_head
 from adakd_ds.eval.progress import SetupStages, Stage
 from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
+from adakd_ds.loss.cached_target import CachedTarget
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
 
@@ -51,6 +61,7 @@ class DistillRecipe:
         self.cfg = cfg
         self.engine: Any = None
         self.teacher: Any = None
+        self.cache: TeacherCache | None = None  # model.teacher_cache: the offline teacher
         self.global_step = 0
         self.consumed_micro = 0  # micro-steps consumed over all epochs, at this run's global micro-batch size
         self.last_saved_step = -1
@@ -72,7 +83,9 @@ class DistillRecipe:
         seed_everything(cfg.train.seed)
         self.stages = SetupStages(enabled=self.rank == 0)
         self.tokenizer = load_tokenizer(cfg.model)
-        if cfg.mode is Mode.DISTILL:  # one shared tokenizer, checked before any model is built
+        if cfg.model.teacher_cache:  # the cache's tokenizer and data must be this run's, before anything heavy
+            self.cache = open_for_run(cfg.model.teacher_cache, self.tokenizer, cfg.data)
+        elif cfg.mode is Mode.DISTILL:  # one shared tokenizer, checked before any model is built
             self.stages.note(check_teacher_tokenizer(cfg.model.teacher, self.tokenizer, tokenizer_source(cfg.model)))
         self.stages.done(Stage.TOKENIZER, f"{len(self.tokenizer)} tokens from {tokenizer_source(cfg.model)}")
         self._setup_data()
@@ -83,10 +96,17 @@ class DistillRecipe:
         ds_config = fill_auto(load_ds_config(cfg.deepspeed.student), cfg, self.world, source=cfg.deepspeed.student)
         self._setup_model(ds_config)
         self.stages.done(Stage.STUDENT, "ZeRO-3 engine with optimizer")
-        if cfg.mode is Mode.DISTILL:
+        if cfg.mode is Mode.DISTILL and self.cache is None:
             self._setup_teacher_model(ds_config)
             self.stages.done(Stage.TEACHER, "ZeRO-3 inference engine")
+        elif self.cache is not None:
+            self.stages.done(Stage.TEACHER, f"cached top-{self.cache.k} from {cfg.model.teacher_cache}")
         self.vocab = check_vocab(unwrap(self.engine), self.teacher, self.tokenizer)
+        if self.cache is not None and vocab_sizes(self.engine)[1] != self.cache.vocab:
+            raise ConfigError(
+                f"model.teacher_cache {cfg.model.teacher_cache}: cached over a {self.cache.vocab}-id vocab, "
+                f"the student's logits have {vocab_sizes(self.engine)[1]}"
+            )
         self.stages.note(self.vocab.note)
         self.fused_head = resolve_fused_head(cfg.loss.fused_head, self.engine, self.teacher)  # no [T, V] logits
         if self.fused_head and self.vocab.student_width is not None:
@@ -213,7 +233,10 @@ class DistillRecipe:
         return (max(sum(k_micro), 1), max(sum(n_micro), 1)), float(counts[-1])
 
     def _micro_batch(self, epoch: int, micro_step: int) -> dict[str, torch.Tensor]:
-        return self.collate([self.dataset[i] for i in self.sampler.rank_indices(epoch, micro_step)])
+        indices = self.sampler.rank_indices(epoch, micro_step)
+        batch = self.collate([self.dataset[i] for i in indices])
+        batch["sample_index"] = torch.as_tensor(indices, dtype=torch.long)  # the offline teacher's rows
+        return batch
 
     def _loss_step(self, batch: dict[str, torch.Tensor], totals: tuple[int, int]) -> LossStats:
         input_ids = batch["input_ids"].to(self.device)
@@ -225,6 +248,11 @@ class DistillRecipe:
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = model_output(self.teacher, input_ids, attention_mask, self.fused_head)
+        elif self.cache is not None:
+            ids, logp, tail = batch_rows(self.cache, batch["sample_index"].tolist(), targets.cpu())
+            teacher_logits = CachedTarget(
+                ids.to(self.device), logp.to(self.device), tail.to(self.device), self.cache.has_tail
+            )
         student_logits = model_output(self.engine, input_ids, attention_mask, self.fused_head)
         if self.vocab.student_width is not None:  # a padded student: ids past the teacher's are no tokens (unfused)
             student_logits = student_logits[..., : self.vocab.student_width]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from adakd_ds.config.schema import IdtsGrad, IdtsWeight, Indicator, LossConfig, MedianPool
+from adakd_ds.loss.cached_target import CachedRows, CachedTarget, cached_difficulty, cached_kd_kernel, check_ids
 from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
@@ -66,7 +67,7 @@ Rows = TensorRows | HeadRows  # logits [T, V]: materialised, or made per chunk f
 @dataclass
 class _Flat:
     student: Rows  # [T, Vs]
-    teacher: Rows | None  # [T, Vs]: a wider (padded) teacher vocab is already narrowed to the student's
+    teacher: Rows | CachedRows | None  # [T, Vs]: a wider (padded) teacher vocab is narrowed; or a cache's bins
     labels: Tensor  # [T]
     valid_rows: Tensor  # [n_local] row indices
 
@@ -137,7 +138,11 @@ class AdaKDLoss(torch.nn.Module):
             raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match labels {tuple(labels.shape)}")
         vs = s.vocab
         t = None
-        if teacher is not None:
+        if isinstance(teacher, CachedTarget):  # the offline teacher: its k + 1 bins (loss/cached_target.py)
+            if tuple(teacher.ids.shape[:-1]) != batch:
+                raise ValueError(f"teacher cache rows {tuple(teacher.ids.shape[:-1])} do not match the batch {batch}")
+            t = CachedRows(teacher, work_dtype(s.dtype))
+        elif teacher is not None:
             t, t_batch = _rows_of(teacher, "teacher")
             if t_batch != batch:
                 raise ValueError(f"teacher {what} {t_batch} x [V] and student {what} {batch} x [V] differ in shape")
@@ -153,7 +158,10 @@ class AdaKDLoss(torch.nn.Module):
             valid &= mask.reshape(-1).bool()
         if bool(((flat_labels[valid] < 0) | (flat_labels[valid] >= vs)).any()):
             raise ValueError(f"labels must be -100 or in [0, {vs}), got values outside that range")
-        return _Flat(s, t, flat_labels, valid.nonzero().squeeze(1))
+        flat = _Flat(s, t, flat_labels, valid.nonzero().squeeze(1))
+        if isinstance(t, CachedRows):
+            check_ids(t, flat.valid_rows, vs)
+        return flat
 
     # ------------------------------------------------------------------------------------------------- pass one
     def _local_scores(self, flat: _Flat) -> Tensor:
@@ -162,6 +170,9 @@ class AdaKDLoss(torch.nn.Module):
         scores = torch.zeros(flat.valid_rows.numel(), dtype=dtype, device=flat.student.device)
         for chunk in row_chunks(flat.valid_rows, flat.student.chunk_rows(self.cfg.chunk_size)):
             s = flat.student.take(chunk).to(dtype)
+            if isinstance(flat.teacher, CachedRows):
+                scores[chunk.pos] = cached_difficulty(self.indicator, flat.teacher, s, chunk, chunk.take(flat.labels))
+                continue
             t = flat.teacher.take(chunk).to(dtype)
             scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
         return scores
@@ -319,6 +330,10 @@ class AdaKDLoss(torch.nn.Module):
         def tau_of(chunk: RowChunk) -> Tensor | float:
             return taus[chunk.pos] if isinstance(taus, Tensor) else taus
 
+        if isinstance(teacher, CachedRows):
+            if plan is not None:
+                raise ValueError("loss.idts_grad=through is not supported with model.teacher_cache")
+            return cached_kd_kernel(teacher, self.divergence, tau_of, lambda tau: token_weight(self.weight, tau, norm))
         if plan is not None:
 
             def tau_values(x: Tensor, tau: Tensor, chunk: RowChunk) -> Tensor:

@@ -70,6 +70,10 @@ def check_models(cfg: RunConfig) -> None:
     m = cfg.model
     if cfg.mode is Mode.DISTILL and m.teacher:
         check_model_path("model.teacher", m.teacher, PathKind.MODEL)
+    if m.teacher_cache:  # a missing or unfinished cache fails here; its fingerprints once the tokenizer is loaded
+        from adakd_ds.data.teacher_cache import TeacherCache
+
+        TeacherCache(m.teacher_cache)
     if m.student:
         check_model_path("model.student", m.student, PathKind.MODEL)
     elif m.student_config:
@@ -116,3 +120,16 @@ def preflight(cfg: RunConfig, rank: int | None = None) -> list[str]:
     if rank == 0:
         acquire_run_lock(cfg.output.dir)
     return notes
+
+
+def preflight_cache(cfg: RunConfig) -> list[str]:
+    """adakd-cache-teacher's cheap checks (all ranks): the teacher, tokenizer, DeepSpeed and data paths; no run lock."""
+    if not cfg.model.teacher:
+        raise ValueError("model.teacher is required (the model whose distributions are cached)")
+    if not cfg.data.source:
+        raise ValueError("data.source is required")
+    check_model_path("model.teacher", cfg.model.teacher, PathKind.MODEL)
+    if cfg.model.tokenizer:
+        check_model_path("model.tokenizer", cfg.model.tokenizer, PathKind.TOKENIZER)
+    check_deepspeed(cfg)
+    return check_data(cfg)
