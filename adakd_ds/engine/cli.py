@@ -70,6 +70,7 @@ def distill_main(argv: list[str] | None = None) -> int:
 
     from adakd_ds.checkpoint.save_errors import CheckpointSaveError
     from adakd_ds.engine.guard.nan_guard import NonFiniteAbort
+    from adakd_ds.engine.guard.peers import exit_if_peer_lost
     from adakd_ds.engine.guard.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
 
@@ -86,5 +87,8 @@ def distill_main(argv: list[str] | None = None) -> int:
         if exc.report:
             print(f"adakd-distill: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    except RuntimeError as exc:  # a collective broken by a lost node: one line naming it, exit 1 at once
+        exit_if_peer_lost(exc, _rank())
+        raise
     finally:
         recipe.close()

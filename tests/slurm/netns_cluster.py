@@ -156,7 +156,7 @@ def _in_node(ns: str) -> list[str]:
 
     Not `ip netns exec`, which remounts /sys and so hides the cgroup mounts slurmd insists on finding.
     """
-    script = f"mount --bind /etc/netns/{ns}/hosts /etc/hosts && exec nsenter --net=/run/netns/{ns} \"$@\""
+    script = f'mount --bind /etc/netns/{ns}/hosts /etc/hosts && exec nsenter --net=/run/netns/{ns} "$@"'
     return ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, "in-node"]
 
 
