@@ -190,8 +190,7 @@ def test_torchrun_two_nodes_scancel_node_loss_and_resume_equal_one_node(
     for node, task in (("node1", 0), ("node2", 1)):  # each node's adakd-launch reports its ranks' 75
         assert f"srun: error: {node}: task {task}: Exited with exit code 75" in text, context
     assert "adakd: stopped by SIGTERM (scancel or the time limit) with exit code 75; not requeueing" in text, context
-    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", (info, context)
-    print(f"scancel: JobState {info['JobState']} ExitCode {info['ExitCode']}")
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("CANCELLED", "75:0", "0"), context
     stopped = _complete_steps(out)[-1]
     assert 2 <= stopped < STEPS, context
     _assert_both_shards(out, stopped)

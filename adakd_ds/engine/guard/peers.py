@@ -79,6 +79,6 @@ def exit_if_peer_lost(exc: BaseException, me: int) -> None:
         return
     from adakd_ds.engine.guard.supervisor import report_exit
 
-    print(line, file=sys.stderr, flush=True)
+    print("\n" + line, file=sys.stderr, flush=True)  # on a line of its own, not after a progress bar
     sys.stdout.flush()
     os._exit(report_exit(EXIT_PEER_LOST))
