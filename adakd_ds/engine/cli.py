@@ -90,6 +90,7 @@ def _distill(argv: list[str] | None) -> int:
 
     from adakd_ds.checkpoint.save_errors import CheckpointSaveError
     from adakd_ds.engine.guard.nan_guard import NonFiniteAbort
+    from adakd_ds.engine.guard.peers import exit_if_peer_lost
     from adakd_ds.engine.guard.preemption import EXIT_FAILED
     from adakd_ds.engine.recipe import DistillRecipe
 
@@ -106,5 +107,8 @@ def _distill(argv: list[str] | None) -> int:
         if exc.report:
             print(f"adakd-distill: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    except RuntimeError as exc:  # a collective broken by a lost node: one line naming it, exit 1 at once
+        exit_if_peer_lost(exc, _rank())
+        raise
     finally:
         recipe.close()

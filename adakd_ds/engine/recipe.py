@@ -29,6 +29,7 @@ from adakd_ds.engine.ds_config import derive_teacher_config, fill_auto, load_ds_
 from adakd_ds.engine.guard.launcher_watch import gone_launcher_note, launcher_ancestors, watch_launchers
 from adakd_ds.engine.guard.nan_guard import NanGuard
 from adakd_ds.engine.guard.preemption import EXIT_PREEMPTED, PreemptionWatch
+from adakd_ds.engine.guard.shared_dir import check_output_dir_shared
 from adakd_ds.engine.guard.tokenizer_match import check_teacher_tokenizer
 from adakd_ds.engine.history_file import JsonlHistory, truncate_history
 from adakd_ds.engine.metrics import MetricsLogger, scalars_from
@@ -79,6 +80,7 @@ class DistillRecipe:
         self.rank, self.world, self.device = info.rank, info.world_size, info.device
         self.out = Path(cfg.output.dir)
         self._setup_output_dir()
+        check_output_dir_shared(self.out, self.rank)  # one dir on every node, before any model is built
         self.resume_dir = resolve_resume(cfg.resume, self.out)  # a bad --resume fails before any heavy work
         seed_everything(cfg.train.seed)
         self.stages = SetupStages(enabled=self.rank == 0)

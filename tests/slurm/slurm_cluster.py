@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
@@ -171,7 +172,11 @@ class SlurmCluster:
         raise AssertionError(f"job {job_id} still {info.get('JobState')} after {timeout}s, wanted {states}")
 
     def stop(self) -> None:
-        """scancel everything, ``scontrol shutdown``, wait for our daemon pids (SIGKILL stragglers), stop munged."""
+        """scancel everything, ``scontrol shutdown``, wait for our daemon pids (SIGKILL stragglers), reap, stop munged.
+
+        The reap is by pid: every process whose environment carries our SLURM_CONF (srun, slurmstepd, the ranks) is
+        killed, so a job whose daemons could not be told (munged died, scancel failed) leaves no orphan behind.
+        """
         self.run("scancel", "--user", "root", check=False, timeout=30)
         deadline = time.monotonic() + 15  # let the killed jobs' slurmstepd finish before the daemons go
         while self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip() and time.monotonic() < deadline:
@@ -183,10 +188,50 @@ class SlurmCluster:
                 time.sleep(0.1)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        reap_by_conf(self.conf)
         if self.started_munged:
             subprocess.run(
                 ["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--stop"], capture_output=True, timeout=30
             )
+
+    def leftovers(self) -> list[str]:
+        """What of this cluster still runs (for the tests' no-leak check): daemons and job processes, by pid."""
+        procs = [p for p in self.pids.values() if _alive(p)] + [p.pid for p in processes_of_conf(self.conf)]
+        return [f"pid {pid}: {_cmdline(pid)}" for pid in sorted(set(procs))]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def processes_of_conf(conf: Path) -> list[psutil.Process]:
+    """Live processes (not this one or its ancestors) whose environment has SLURM_CONF=conf."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid in mine or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("SLURM_CONF") == str(conf):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def reap_by_conf(conf: Path, timeout: float = 10) -> None:
+    """SIGKILL every process of this cluster (see processes_of_conf) and wait until they are gone."""
+    procs = processes_of_conf(conf)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 def _alive(pid: int) -> bool:
@@ -201,11 +246,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _write_conf(root: Path, node: str, cpus: int | None) -> Path:
+def write_conf(root: Path, controller: str, nodes: list[tuple[str, str]], cpus: int | None) -> Path:
+    """slurm.conf for a controller at ``controller`` (the short hostname's address) and ``nodes`` (name, address).
+
+    Per-node files use %n (the node name), so several slurmd (one per network namespace) can share the folder.
+    """
     conf = root / "slurm.conf"
+    host = socket.gethostname().split(".")[0]  # must be the short name or slurmctld is "not a valid controller"
+    names = ",".join(name for name, _ in nodes)
     lines = [
         "ClusterName=adakdtest",
-        f"SlurmctldHost={node}(127.0.0.1)",
+        f"SlurmctldHost={host}({controller})",
         f"SlurmctldPort={_free_port()}",
         f"SlurmdPort={_free_port()}",
         "SlurmUser=root",
@@ -226,13 +277,13 @@ def _write_conf(root: Path, node: str, cpus: int | None) -> Path:
         "MinJobAge=3600",  # keep finished jobs visible to `scontrol show job` (no accounting here)
         "KillWait=10",
         f"StateSaveLocation={root}/state",
-        f"SlurmdSpoolDir={root}/spool",
+        f"SlurmdSpoolDir={root}/spool-%n",
         f"SlurmctldPidFile={root}/slurmctld.pid",
-        f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmdPidFile={root}/slurmd-%n.pid",
         f"SlurmctldLogFile={root}/slurmctld.log",
-        f"SlurmdLogFile={root}/slurmd.log",
-        f"NodeName={node} NodeAddr=127.0.0.1 {_node_topology(cpus)} State=UNKNOWN",
-        f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+        f"SlurmdLogFile={root}/slurmd-%n.log",
+        *(f"NodeName={name} NodeAddr={addr} {_node_topology(cpus)} State=UNKNOWN" for name, addr in nodes),
+        f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",
     ]
     conf.write_text("\n".join(lines) + "\n")
     return conf
@@ -243,10 +294,10 @@ def start_cluster(root: Path, cpus: int | None = 4, timeout: float = 30) -> Slur
     _ensure_sbin_on_path()
     ensure_slurm_installed()
     shutil.rmtree(root, ignore_errors=True)  # job ids restart at 1 on a wiped state folder: callers use fresh dirs
-    for sub in ("state", "spool"):
-        (root / sub).mkdir(parents=True)
     node = socket.gethostname().split(".")[0]  # must be the short name or slurmctld is "not a valid controller"
-    conf = _write_conf(root, node, cpus)
+    for sub in ("state", f"spool-{node}"):
+        (root / sub).mkdir(parents=True)
+    conf = write_conf(root, "127.0.0.1", [(node, "127.0.0.1")], cpus)
     cluster = SlurmCluster(root=root, conf=conf, node=node, started_munged=_start_munged())
     try:
         for daemon in ("slurmctld", "slurmd"):
@@ -255,11 +306,11 @@ def start_cluster(root: Path, cpus: int | None = 4, timeout: float = 30) -> Slur
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{daemon} failed to start (rc {proc.returncode}): {proc.stderr.strip()}")
-            pid_file = root / f"{daemon}.pid"
+            pid_file = root / ("slurmctld.pid" if daemon == "slurmctld" else f"slurmd-{node}.pid")
             deadline = time.monotonic() + timeout
             while not pid_file.exists() or not pid_file.read_text().strip():
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{daemon} wrote no pid file; see {root}/{daemon}.log")
+                    raise RuntimeError(f"{daemon} wrote no pid file; see the logs under {root}")
                 time.sleep(0.05)
             cluster.pids[daemon] = int(pid_file.read_text().strip())
         deadline = time.monotonic() + timeout

@@ -129,7 +129,8 @@ def test_multi_node_render_text(cfg: Path, tmp_path: Path) -> None:
     assert 'MASTER_ADDR=${ADAKD_MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}' in text
     assert "MASTER_PORT=${ADAKD_MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}" in text
     assert 'SRUN_ARGS=(--nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0)' in text
-    assert 'exec deepspeed --no_ssh --hostfile "$hostfile" --node_rank "$SLURM_NODEID"' in text
+    assert 'deepspeed --no_ssh --hostfile "$hostfile" --node_rank "$SLURM_NODEID"' in text
+    assert text.count('exec python "$ADAKD_REPO/launch/supervise.py"') == 2  # both launchers under adakd-launch
     assert "${ADAKD_CONFIG:-" not in text  # the by-hand defaults were replaced, not left to the submitting shell
 
 

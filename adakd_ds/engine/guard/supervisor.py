@@ -35,9 +35,10 @@ USAGE = "usage: adakd-launch deepspeed|torchrun [launcher args] SCRIPT [script a
 
 
 def report_exit(code: int) -> int:
-    """Called by every rank with its exit code: global rank 0 writes it where adakd-launch will read it."""
+    """Called by every rank with its exit code: the node's local rank 0 writes it where that node's adakd-launch
+    reads it (one adakd-launch per node; the ranks agree on 75 and 2, so every node reports the same)."""
     path = os.environ.get(STATUS_ENV)
-    if path and os.environ.get("RANK", "0") == "0":
+    if path and os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) == "0":
         try:
             Path(path).write_text(str(code), encoding="utf-8")
         except OSError:
