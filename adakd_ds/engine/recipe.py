@@ -97,6 +97,8 @@ class DistillRecipe:
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
+        if cfg.mode is Mode.DISTILL:
+            self.stages.note(self.loss_fn.kernel_note)  # loss.kernel: compiled or eager, said once
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
         self.responses = ResponseProvider(cfg, self.tokenizer, self.collate, self.sampler, self.rank, self.total_steps)
         if self.resume_dir is not None:

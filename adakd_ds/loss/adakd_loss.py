@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from adakd_ds.config.schema import IdtsGrad, IdtsWeight, Indicator, LossConfig, MedianPool
+from adakd_ds.loss import compiled_chunks
 from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
+from adakd_ds.loss.compiled import resolve_kernel
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
 from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, parse_divergence
@@ -94,8 +96,19 @@ def _raise_if_bad(bad: list[int]) -> None:
         )
 
 
-def _ce_kernel(labels: Tensor):
-    """Chunk kernel for the label cross-entropy, with its analytic gradient."""
+def _ce_kernel(labels: Tensor, compiled: bool = False, scale: float = 1.0):
+    """Chunk kernel for the label cross-entropy, with its analytic gradient (compiled: scale folded into the pass)."""
+
+    def compiled_kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
+        lab = chunk.take(labels)
+        if sink is None:
+            return compiled_chunks.ce_value_fn()(x, lab)
+        value, g = compiled_chunks.ce_grad_fn()(x, lab, torch.tensor(scale, dtype=x.dtype, device=x.device))
+        sink.add_scaled(g)
+        return value
+
+    if compiled:
+        return compiled_kernel
 
     def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
         vals, g = cross_entropy_with_grad(x, chunk.take(labels), sink is not None)
@@ -123,6 +136,15 @@ class AdaKDLoss(torch.nn.Module):
         self.indicator = parse_indicator(cfg.indicator)
         self.controller = LATFController(cfg, total_steps)
         self.generator = torch.Generator().manual_seed(seed)  # identical on all ranks: drives `random` only
+        # loss.kernel: compiled chunk kernels, or the eager reference; kernel_note is the one setup line saying which
+        self.compiled, self.kernel_note = resolve_kernel(cfg.kernel)
+        self.divergence_key = (
+            parse_divergence(cfg.divergence).value,
+            cfg.jsd_beta,
+            cfg.skew_lambda,
+            cfg.ab_alpha,
+            cfg.ab_beta,
+        )
 
     # ----------------------------------------------------------------------------------------------------- checks
     def _flatten(
@@ -162,7 +184,10 @@ class AdaKDLoss(torch.nn.Module):
         for chunk in row_chunks(flat.valid_rows, flat.student.chunk_rows(self.cfg.chunk_size)):
             s = flat.student.take(chunk).to(dtype)
             t = flat.teacher.take(chunk).to(dtype)
-            scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
+            if self.compiled:
+                scores[chunk.pos] = compiled_chunks.score_fn(self.indicator)(s, t, chunk.take(flat.labels))
+            else:
+                scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
         return scores
 
     # ------------------------------------------------------------------------------------------------- forward
@@ -238,9 +263,10 @@ class AdaKDLoss(torch.nn.Module):
         k_den, n_den = step_totals if step_totals else (max(stats.k, 1), n_global)
         ce_sum = torch.zeros_like(kd_sum)
         if cfg.kd_ratio < 1.0:
-            ce_sum = buffer.accumulate(
-                flat.valid_rows, _ce_kernel(flat.labels), size, (1.0 - cfg.kd_ratio) * world * accum / n_den
-            )
+            ce_scale = (1.0 - cfg.kd_ratio) * world * accum / n_den
+            # compiled: the scale is folded into the kernel, so the buffer's own scale is 1
+            ce_kernel = _ce_kernel(flat.labels, self.compiled, ce_scale)
+            ce_sum = buffer.accumulate(flat.valid_rows, ce_kernel, size, 1.0 if self.compiled else ce_scale)
 
         k_norm = max(stats.k, 1)
         local_loss = world * accum * (cfg.kd_ratio * kd_sum / k_den + (1.0 - cfg.kd_ratio) * ce_sum / n_den)
@@ -332,7 +358,10 @@ class AdaKDLoss(torch.nn.Module):
                 t = teacher.take(chunk).to(x.dtype)
                 return self._token_weight(tau, norm).squeeze(-1) * self.divergence(x, t, tau.squeeze(-1))
 
-            return through_kd_kernel(tau_values, taus, plan)
+            return through_kd_kernel(tau_values, taus, plan)  # eager in every loss.kernel mode (see compiled.py)
+
+        if self.compiled:
+            return self._compiled_kd_kernel(flat, tau_of, norm)
 
         if analytic is None:
 
@@ -353,6 +382,32 @@ class AdaKDLoss(torch.nn.Module):
             if sink is not None:
                 sink.add(g, w * factor)
             return torch.linalg.vecdot(w.squeeze(-1), vals)
+
+        return kernel
+
+    def _compiled_kd_kernel(self, flat: _Flat, tau_of, norm: Tensor | None):
+        """loss.kernel compiled: the same sum w(tau) * d(tau) and gradient, each chunk a few fused passes."""
+        teacher, analytic, name = flat.teacher, self.divergence_with_grad, self.divergence_key[0]
+
+        if analytic is None:
+            values_fn = compiled_chunks.token_values_fn(self.divergence_key, self.divergence)
+
+            def values(x: Tensor, chunk: RowChunk) -> Tensor:
+                tau = tau_column(tau_of(chunk), x)
+                return values_fn(x, teacher.take(chunk).to(x.dtype), tau, self._token_weight(tau, norm))
+
+            return autograd_kernel(values)
+
+        def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
+            tau = tau_column(tau_of(chunk), x)
+            t = teacher.take(chunk).to(x.dtype)
+            w = self._token_weight(tau, norm)
+            if sink is None:
+                return compiled_chunks.kd_value_fn(name, analytic)(x, t, tau, w)
+            scale = torch.tensor(sink.scale, dtype=x.dtype, device=x.device)
+            value, g = compiled_chunks.kd_grad_fn(name, analytic)(x, t, tau, w, scale)
+            sink.add_scaled(g)
+            return value
 
         return kernel
 
