@@ -405,6 +405,9 @@ class AdaKDLoss(torch.nn.Module):
             if sink is None:
                 return compiled_chunks.kd_value_fn(name, analytic)(x, t, tau, w)
             scale = torch.tensor(sink.scale, dtype=x.dtype, device=x.device)
+            out = sink.direct_out(x) if isinstance(sink, GradSink) else None
+            if out is not None:
+                return compiled_chunks.kd_grad_into_fn(name, analytic)(x, t, tau, w, out, scale)
             value, g = compiled_chunks.kd_grad_fn(name, analytic)(x, t, tau, w, scale)
             sink.add_scaled(g)
             return value

@@ -23,6 +23,15 @@ def _kd_grad(analytic: GradDivergenceFn, x: Tensor, t: Tensor, tau: Tensor, w: T
     return torch.linalg.vecdot(w.squeeze(-1), vals), g * (w * factor * scale)
 
 
+def _kd_grad_into(
+    analytic: GradDivergenceFn, x: Tensor, t: Tensor, tau: Tensor, w: Tensor, out: Tensor, scale: Tensor
+) -> Tensor:
+    """_kd_grad with the gradient stored straight into `out` (the buffer's rows): no [c, V] copy pass after."""
+    vals, g, factor = analytic(x, t, tau, True)
+    out.copy_(g * (w * factor * scale))
+    return torch.linalg.vecdot(w.squeeze(-1), vals)
+
+
 def _kd_value(analytic: GradDivergenceFn, x: Tensor, t: Tensor, tau: Tensor, w: Tensor) -> Tensor:
     vals, _, _ = analytic(x, t, tau, False)
     return torch.linalg.vecdot(w.squeeze(-1), vals)
@@ -48,6 +57,10 @@ def _score(indicator: Indicator, s: Tensor, t: Tensor, labels: Tensor) -> Tensor
 
 def kd_grad_fn(name: str, analytic: GradDivergenceFn) -> CompiledFn:
     return shared(("kd_grad", name), functools.partial(_kd_grad, analytic), rows=4)
+
+
+def kd_grad_into_fn(name: str, analytic: GradDivergenceFn) -> CompiledFn:
+    return shared(("kd_grad_into", name), functools.partial(_kd_grad_into, analytic), rows=5)
 
 
 def kd_value_fn(name: str, analytic: GradDivergenceFn) -> CompiledFn:

@@ -143,7 +143,9 @@ class HeadGradBuffer:
         self.enabled = grad_on and any(wants)
         dt = work_dtype(head.dtype)
         self.grad_h = torch.zeros(head.hidden.shape, dtype=dt, device=head.device) if self.enabled else None
-        self.grad_w = torch.zeros(head.weight.shape, dtype=dt, device=head.device) if self.enabled and wants[1] else None
+        self.grad_w = (
+            torch.zeros(head.weight.shape, dtype=dt, device=head.device) if self.enabled and wants[1] else None
+        )
         self.grad_b = torch.zeros(head.bias.shape, dtype=dt, device=head.device) if self.enabled and wants[2] else None
 
     def accumulate(self, rows: Tensor, kernel: ChunkKernel, size: int, scale: float) -> Tensor:
