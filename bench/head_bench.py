@@ -6,6 +6,8 @@ variants interleaved repeat by repeat: after a small warm-up and once the inputs
 peak growth counts only the run (bench_common). Medians over repeats; CPU time next to wall time.
 
     .venv/bin/python bench/head_bench.py --tokens 2048 --repeats 3
+Compiled chunk kernels (loss.kernel, issue 24): --kernel compiled (each fresh process compiles in its untimed
+warm-up, at the real vocab; the row dimension is dynamic, so the measured run does not recompile).
 Peers are optional bench-only extras (pip install -e .[bench]); a missing or failing one is skipped with a note.
 """
 
@@ -59,13 +61,17 @@ def make_inputs(tokens: int, hidden: int, vocab: int) -> Inputs:
     return hs, ws, ht, wt, labels
 
 
+KERNEL = "eager"  # loss.kernel of our variants (--kernel)
+
+
 def _ours(fused: bool, adakd: bool, chunk_size: int) -> LossFn:
     from adakd_ds.config.schema import Divergence, LossConfig
     from adakd_ds.loss.adakd_loss import AdaKDLoss
     from adakd_ds.loss.fused_head import HeadInput
 
     div = Divergence.RKL if adakd else Divergence.FKL
-    loss_fn = AdaKDLoss(LossConfig(divergence=div, adakd=adakd, chunk_size=chunk_size), total_steps=100)
+    cfg = LossConfig(divergence=div, adakd=adakd, chunk_size=chunk_size, kernel=KERNEL)
+    loss_fn = AdaKDLoss(cfg, total_steps=100)
     loss_fn.controller.ratio = 0.75
     if fused:
         return lambda hs, ws, ht, wt, y: loss_fn(HeadInput(hs, ws), HeadInput(ht, wt), y)[0]
@@ -144,7 +150,8 @@ def one_run(variant: str, tokens: int, hidden: int, vocab: int, threads: int, ch
     fn = build(variant, chunk_size)
     inputs = make_inputs(tokens, hidden, vocab)
     # torch.compile (Liger) specialises on the shapes: its warm-up runs the real shapes, so no compile is timed
-    fwd_bwd(fn, inputs if variant in COMPILED else make_inputs(16, hidden, 4096))
+    warm_vocab = vocab if KERNEL != "eager" else 4096  # our compiled graphs are static in the vocab
+    fwd_bwd(fn, inputs if variant in COMPILED else make_inputs(16, hidden, warm_vocab))
     m = measure_once(lambda: fwd_bwd(fn, inputs))
     return {"wall": m.wall_s, "cpu": m.cpu_s, "peak": m.peak_growth_mib, "loss": m.value}
 
@@ -158,10 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-size", type=int, default=0, help="our loss's rows per chunk (0: auto)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--kernel", choices=["eager", "compiled", "auto"], default="eager", help="our loss.kernel")
     ap.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)  # the subprocess mode
     args = ap.parse_args(argv)
     shape = ["--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab)]
-    shape += ["--chunk-size", str(args.chunk_size)]
+    shape += ["--chunk-size", str(args.chunk_size), "--kernel", args.kernel]
+    global KERNEL
+    KERNEL = args.kernel
     if args.one:
         import json
 
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{args.tokens} tokens, hidden {args.hidden}, vocab {args.vocab}, float32, fwd+bwd from hidden states, CPU, "
         f"{args.threads} thread(s), median of {args.repeats} fresh-process runs (interleaved), our chunk_size "
-        f"{args.chunk_size or 'auto'}, torch {torch.__version__}"
+        f"{args.chunk_size or 'auto'}, loss.kernel {args.kernel}, torch {torch.__version__}"
     )
     print(f"machine: {load_before} before, {load()} after; inputs not counted in the peak\n")
     print("| variant | loss | wall s | CPU s | CPU vs floor | CPU vs best peer | peak growth MiB | mem vs best peer |")

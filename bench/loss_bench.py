@@ -12,6 +12,10 @@ The cost of loss.idts_grad = through (issue 21), with materialised logits and wi
 --hidden; the fused rows time the head's matmuls too, so compare them with each other):
 
     .venv/bin/python bench/loss_bench.py --variants adakd_rkl adakd_rkl_through fused_rkl fused_rkl_through
+Compiled chunk kernels (loss.kernel, issue 24) against eager: run once per --kernel and compare the tables
+(the first call of each compiled graph, its compile, is in the untimed warm-up):
+
+    .venv/bin/python bench/loss_bench.py --kernel compiled --variants fkl_chunked adakd_rkl floor
 TRL is an optional peer (a bench-only extra: pip install -e .[bench]); without it its row is skipped with a note.
 """
 
@@ -44,6 +48,7 @@ VARIANTS = (
     "fused_rkl_through",
 )
 DEFAULT_VARIANTS = VARIANTS[:5]
+KERNEL = "eager"  # loss.kernel of every AdaKDLoss built here (--kernel)
 FUSED = {"fused_rkl": False, "fused_rkl_through": True}  # variant -> idts_grad through?
 PEERS = {"trl_gjsd": ("trl", "trl")}  # variant -> (module, pip extra): optional, skipped with a note when missing
 LABELS = {
@@ -73,7 +78,7 @@ def _fused(through: bool, chunk_size: int, tokens: int, vocab: int, hidden: int)
     from adakd_ds.loss.fused_head import HeadInput
 
     grad = IdtsGrad.THROUGH if through else IdtsGrad.DETACHED
-    loss_fn = AdaKDLoss(LossConfig(idts_grad=grad, chunk_size=chunk_size), total_steps=100)
+    loss_fn = AdaKDLoss(LossConfig(idts_grad=grad, chunk_size=chunk_size, kernel=KERNEL), total_steps=100)
     loss_fn.controller.ratio = 0.75
     g = torch.Generator().manual_seed(1)
     hs, ht = (torch.randn(tokens, hidden, generator=g) for _ in range(2))
@@ -103,7 +108,7 @@ def build(
         from adakd_ds.loss.adakd_loss import AdaKDLoss
 
         if variant == "fkl_chunked":
-            cfg = LossConfig(divergence=Divergence.FKL, adakd=False, chunk_size=chunk_size)
+            cfg = LossConfig(divergence=Divergence.FKL, adakd=False, chunk_size=chunk_size, kernel=KERNEL)
         else:
             grad = IdtsGrad.THROUGH if variant == "adakd_rkl_through" else IdtsGrad.DETACHED
             cfg = LossConfig(
@@ -113,6 +118,7 @@ def build(
                 c=0.5,
                 chunk_size=chunk_size,
                 idts_grad=grad,
+                kernel=KERNEL,
             )
         loss_fn = AdaKDLoss(cfg, total_steps=100)
         loss_fn.controller.ratio = 0.75
@@ -181,7 +187,8 @@ def memory_in_subprocess(variant: str, args: argparse.Namespace) -> dict:
         str(args.hidden),
     ]
     return run_json(
-        os.path.abspath(__file__), extra + ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+        os.path.abspath(__file__),
+        extra + ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads), "--kernel", args.kernel],
     )
 
 
@@ -212,8 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
     ap.add_argument("--hidden", type=int, default=256, help="hidden size of the fused-head variants")
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
+    ap.add_argument("--kernel", choices=["eager", "compiled", "auto"], default="eager", help="loss.kernel")
     ap.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # the subprocess mode
     args = ap.parse_args(argv)
+    global KERNEL
+    KERNEL = args.kernel
     if args.memory_of:
         print(
             json.dumps(
@@ -235,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     peer = "trl_gjsd" if "trl_gjsd" in variants else None
     print(
         f"\n{args.tokens} tokens x {args.vocab} vocab, float32, fwd+bwd, CPU, torch.set_num_threads({args.threads}), "
-        f"median of {args.repeats} (interleaved), chunk_size {args.chunk_size}, torch {torch.__version__}"
+        f"median of {args.repeats} (interleaved), chunk_size {args.chunk_size}, "
+        f"loss.kernel {args.kernel}, torch {torch.__version__}"
     )
     print(f"machine: {load_before} before, {load()} after")
     print(f"inputs (student + teacher logits): {mem[variants[0]]['inputs_mib']:.0f} MiB, not counted below\n")

@@ -88,6 +88,14 @@ class FusedHead(str, enum.Enum):
     FALSE = "false"  # the models materialise their [T, V] logits
 
 
+class LossKernel(str, enum.Enum):
+    """How the loss's per-chunk work runs (adakd_ds/loss/compiled.py)."""
+
+    AUTO = "auto"  # torch.compile where a compiler works (one setup line says which), else eager
+    COMPILED = "compiled"  # torch.compile; a compile failure still falls back to eager with one line, never a crash
+    EAGER = "eager"  # the reference: plain PyTorch ops, bit-identical to the loss before compiled kernels existed
+
+
 class Schedule(str, enum.Enum):
     COSINE = "cosine"  # linear warm-up, then cosine to min_lr_ratio * lr
     CONSTANT = "constant"  # linear warm-up, then flat
@@ -144,6 +152,9 @@ class LossConfig:
     kd_ratio: float = 1.0  # total = kd_ratio * KD + (1 - kd_ratio) * CE; 1.0 is pure KD as in the paper
     chunk_size: int = 0  # tokens per fp32 [chunk, V] working set; 0 = auto (about 2**20 logits per chunk)
     fused_head: FusedHead = FusedHead.AUTO  # logits made chunk by chunk from hidden states: no [T, V] tensor
+    # eager by default: on CPU a first compile costs ~20-60 s per process per kernel (every rank, every launch), which
+    # a short run or a CI test would not expect; `auto` opts in (docs/benchmarks-compiled.md has the trade-off)
+    kernel: LossKernel = LossKernel.EAGER
 
     @property
     def use_latf(self) -> bool:

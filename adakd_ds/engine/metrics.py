@@ -6,7 +6,7 @@ import time
 
 from tqdm.auto import tqdm
 
-from adakd_ds.loss.adakd_loss import LossStats
+from adakd_ds.loss.loss_stats import LossStats
 
 # The tags of AdaKD's parts; a run without KD (mode=sft) logs constants there, so it leaves them out.
 ADAKD_TAG_PREFIXES = ("latf/", "idts/", "difficulty/")

@@ -49,10 +49,11 @@ from adakd_ds.engine.run_summary import run_summary
 from adakd_ds.engine.schedule import build_scheduler
 from adakd_ds.eval.hidden_forward import call_loss, model_output, resolve_fused_head
 from adakd_ds.eval.progress import SetupStages, Stage
-from adakd_ds.loss.adakd_loss import AdaKDLoss, LossStats
+from adakd_ds.loss.adakd_loss import AdaKDLoss
 from adakd_ds.loss.cached_target import CachedTarget
 from adakd_ds.loss.dist_stats import all_reduce_sum
 from adakd_ds.loss.latf import top_count
+from adakd_ds.loss.loss_stats import LossStats
 
 
 class DistillRecipe:
@@ -119,6 +120,8 @@ class DistillRecipe:
         self.loss_fn = AdaKDLoss(
             cfg.loss if cfg.mode is Mode.DISTILL else _sft_loss(cfg), self.total_steps, cfg.train.seed
         )
+        if cfg.mode is Mode.DISTILL:
+            self.stages.note(self.loss_fn.kernel_note)  # loss.kernel: compiled or eager, said once
         self.ckpt = CheckpointManager(self.out, cfg.output.keep_last)
         self.responses = ResponseProvider(cfg, self.tokenizer, self.collate, self.sampler, self.rank, self.total_steps)
         if self.resume_dir is not None:

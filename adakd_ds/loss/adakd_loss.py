@@ -7,15 +7,17 @@ give exactly what one process holding the whole batch would give.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from adakd_ds.config.schema import IdtsGrad, IdtsWeight, Indicator, LossConfig, MedianPool
+from adakd_ds.loss import compiled_chunks
 from adakd_ds.loss.cached_target import CachedRows, CachedTarget, cached_difficulty, cached_kd_kernel, check_ids
 from adakd_ds.loss.chunked_grad import GradSink, RowChunk, TensorRows, autograd_kernel, row_chunks
+from adakd_ds.loss.compiled import resolve_kernel
 from adakd_ds.loss.difficulty import parse_indicator, token_difficulty
 from adakd_ds.loss.dist_stats import all_gather_rows, all_reduce_sum, gather_variable, world_info
 from adakd_ds.loss.divergences import get_divergence, get_divergence_with_grad, parse_divergence
@@ -32,33 +34,9 @@ from adakd_ds.loss.idts_through import (
     through_kd_kernel,
 )
 from adakd_ds.loss.latf import LATFController, select_top_ratio
+from adakd_ds.loss.loss_stats import LossStats, fill_plain_stats, fill_selection_stats
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class LossStats:
-    """What one forward saw, globally: for the progress bar, TensorBoard and the LATF controller."""
-
-    loss: float  # the global objective L
-    kd_loss: float
-    ce_loss: float
-    ratio: float
-    k: int  # selected tokens (global)
-    n: int  # valid tokens (global)
-    tau_min: float = 1.0
-    tau_mean: float = 1.0
-    tau_max: float = 1.0
-    diff_mean: float = 0.0
-    diff_q10: float = 0.0
-    diff_q50: float = 0.0
-    diff_q90: float = 0.0
-    median: float = 0.0  # the global lower median of the selected scores (IDTS only; else 0.0)
-    step_part: float = 0.0  # this micro-batch's share of the optimizer-step objective (= loss without accumulation)
-    rank_share: list[float] = field(default_factory=list)  # fraction of the selected tokens held by each rank
-    taus: Tensor | None = None  # per selected token, global order
-    scores: Tensor | None = None  # per valid token, global order
-    selected: Tensor | None = None  # bool per valid token, global order
 
 
 Rows = TensorRows | HeadRows  # logits [T, V]: materialised, or made per chunk from hidden states (the fused head)
@@ -96,8 +74,19 @@ def _raise_if_bad(bad: list[int]) -> None:
         )
 
 
-def _ce_kernel(labels: Tensor):
-    """Chunk kernel for the label cross-entropy, with its analytic gradient."""
+def _ce_kernel(labels: Tensor, compiled: bool = False, scale: float = 1.0):
+    """Chunk kernel for the label cross-entropy, with its analytic gradient (compiled: scale folded into the pass)."""
+
+    def compiled_kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
+        lab = chunk.take(labels)
+        if sink is None:
+            return compiled_chunks.ce_value_fn()(x, lab)
+        value, g = compiled_chunks.ce_grad_fn()(x, lab, torch.tensor(scale, dtype=x.dtype, device=x.device))
+        sink.add_scaled(g)
+        return value
+
+    if compiled:
+        return compiled_kernel
 
     def kernel(x: Tensor, chunk: RowChunk, sink: GradSink | None) -> Tensor:
         vals, g = cross_entropy_with_grad(x, chunk.take(labels), sink is not None)
@@ -125,6 +114,15 @@ class AdaKDLoss(torch.nn.Module):
         self.indicator = parse_indicator(cfg.indicator)
         self.controller = LATFController(cfg, total_steps)
         self.generator = torch.Generator().manual_seed(seed)  # identical on all ranks: drives `random` only
+        # loss.kernel: compiled chunk kernels, or the eager reference; kernel_note is the one setup line saying which
+        self.compiled, self.kernel_note = resolve_kernel(cfg.kernel)
+        self.divergence_key = (
+            parse_divergence(cfg.divergence).value,
+            cfg.jsd_beta,
+            cfg.skew_lambda,
+            cfg.ab_alpha,
+            cfg.ab_beta,
+        )
 
     # ----------------------------------------------------------------------------------------------------- checks
     def _flatten(
@@ -174,7 +172,10 @@ class AdaKDLoss(torch.nn.Module):
                 scores[chunk.pos] = cached_difficulty(self.indicator, flat.teacher, s, chunk, chunk.take(flat.labels))
                 continue
             t = flat.teacher.take(chunk).to(dtype)
-            scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
+            if self.compiled:
+                scores[chunk.pos] = compiled_chunks.score_fn(self.indicator)(s, t, chunk.take(flat.labels))
+            else:
+                scores[chunk.pos] = token_difficulty(self.indicator, s, t, chunk.take(flat.labels))
         return scores
 
     # ------------------------------------------------------------------------------------------------- forward
@@ -237,7 +238,7 @@ class AdaKDLoss(torch.nn.Module):
                 rows, taus, norm, plan = self._select(flat, scores_local, counts, offset, stats, buffer.enabled)
             else:
                 rows, taus = flat.valid_rows, float(cfg.temperature)
-                self._fill_plain_stats(stats, n_global, counts, cfg.temperature, dev)
+                fill_plain_stats(stats, n_global, counts, cfg.temperature, dev)
             k_den = step_totals[0] if step_totals else stats.k
             scale = cfg.kd_ratio * world * accum / k_den
             kernel = self._kd_kernel(flat, taus, norm, plan)
@@ -250,9 +251,10 @@ class AdaKDLoss(torch.nn.Module):
         k_den, n_den = step_totals if step_totals else (max(stats.k, 1), n_global)
         ce_sum = torch.zeros_like(kd_sum)
         if cfg.kd_ratio < 1.0:
-            ce_sum = buffer.accumulate(
-                flat.valid_rows, _ce_kernel(flat.labels), size, (1.0 - cfg.kd_ratio) * world * accum / n_den
-            )
+            ce_scale = (1.0 - cfg.kd_ratio) * world * accum / n_den
+            # compiled: the scale is folded into the kernel, so the buffer's own scale is 1
+            ce_kernel = _ce_kernel(flat.labels, self.compiled, ce_scale)
+            ce_sum = buffer.accumulate(flat.valid_rows, ce_kernel, size, 1.0 if self.compiled else ce_scale)
 
         k_norm = max(stats.k, 1)
         local_loss = world * accum * (cfg.kd_ratio * kd_sum / k_den + (1.0 - cfg.kd_ratio) * ce_sum / n_den)
@@ -303,7 +305,7 @@ class AdaKDLoss(torch.nn.Module):
             )
         local_sel = selected[offset : offset + n_local]
         stats.k = int(selected.sum())
-        self._fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
+        fill_selection_stats(stats, scores, selected, taus_global, counts, ratio)
         rows, taus = flat.valid_rows[local_sel], taus_global[offset : offset + n_local][local_sel]
         norm = taus_global[selected].square().mean() if self.weight is IdtsWeight.NORMALIZED else None
         plan = None
@@ -345,6 +347,11 @@ class AdaKDLoss(torch.nn.Module):
                 tau_values, taus, plan, teacher, tau_grad, lambda tau: weight_and_slope(self.weight, tau, norm)
             )
 
+        if self.compiled:
+            return compiled_chunks.compiled_kd_kernel(
+                teacher, analytic, self.divergence_key, self.divergence, tau_of, lambda tau: token_weight(self.weight, tau, norm)
+            )
+
         if analytic is None:
 
             def values(x: Tensor, chunk: RowChunk) -> Tensor:
@@ -366,36 +373,6 @@ class AdaKDLoss(torch.nn.Module):
             return torch.linalg.vecdot(w.squeeze(-1), vals)
 
         return kernel
-
-    @staticmethod
-    def _fill_plain_stats(stats: LossStats, n: int, counts: list[int], tau: float, dev: torch.device) -> None:
-        """Plain KD: every valid token is selected at the fixed temperature; no scores were computed."""
-        stats.k = n
-        stats.tau_min = stats.tau_mean = stats.tau_max = float(tau)
-        stats.rank_share = [c / n for c in counts]
-        stats.taus = torch.full((n,), float(tau), dtype=torch.float64, device=dev)
-        stats.selected = torch.ones(n, dtype=torch.bool, device=dev)
-
-    @staticmethod
-    def _fill_selection_stats(
-        stats: LossStats, scores: Tensor, selected: Tensor, taus: Tensor, counts: list[int], ratio: float
-    ) -> None:
-        sel_taus = taus[selected]
-        q = torch.quantile(scores.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, device=scores.device))
-        stats.ratio = ratio
-        stats.tau_min, stats.tau_mean, stats.tau_max = (
-            float(sel_taus.min()),
-            float(sel_taus.mean()),
-            float(sel_taus.max()),
-        )
-        stats.diff_mean = float(scores.double().mean())
-        stats.diff_q10, stats.diff_q50, stats.diff_q90 = (float(v) for v in q)
-        k = max(int(selected.sum()), 1)
-        bounds = [0]
-        for c in counts:
-            bounds.append(bounds[-1] + c)
-        stats.rank_share = [int(selected[bounds[r] : bounds[r + 1]].sum()) / k for r in range(len(counts))]
-        stats.taus, stats.scores, stats.selected = sel_taus.detach(), scores.detach(), selected
 
     # ------------------------------------------------------------------------------------------- training state
     def state_dict_for_checkpoint(self) -> dict[str, Any]:

@@ -75,6 +75,28 @@ class GradSink:
     def __init__(self, grad: Tensor, chunk: RowChunk, scale: float, write: bool) -> None:
         self.grad, self.chunk, self.scale, self.write = grad, chunk, scale, write
 
+    def direct_out(self, like: Tensor) -> Tensor | None:
+        """The gradient rows themselves, where a compiled kernel may write its result straight in: a contiguous run
+        of rows written for the first time (a fallback that reruns eagerly then overwrites them, never adds twice)."""
+        rows = self.chunk.rows
+        if self.write and isinstance(rows, slice) and self.grad.dtype == like.dtype and rows.stop - rows.start > 1:
+            return self.grad[rows]
+        return None
+
+    def add_scaled(self, g: Tensor) -> None:
+        """g already holds scale * coef * gradient (a compiled kernel folded the scaling into its pass)."""
+        rows = self.chunk.rows
+        g = g.to(self.grad.dtype)
+        if isinstance(rows, slice):
+            if self.write:
+                self.grad[rows].copy_(g)
+            else:
+                self.grad[rows].add_(g)
+        elif self.write:
+            self.grad.index_copy_(0, rows, g)
+        else:
+            self.grad.index_add_(0, rows, g)
+
     def add(self, g: Tensor, coef: Tensor) -> None:
         """g is a temporary the caller gives up (it may be scaled in place)."""
         rows = self.chunk.rows

@@ -113,8 +113,12 @@ class HeadGradSink:
 
     def add(self, g: Tensor, coef: Tensor) -> None:
         """g is a temporary the caller gives up (it is scaled in place)."""
+        self.add_scaled(g.mul_(coef * self.scale))
+
+    def add_scaled(self, g: Tensor) -> None:
+        """g already holds scale * coef * the logit gradient (a compiled kernel folded the scaling into its pass)."""
         buf, rows = self.buffer, self.chunk.rows
-        g = g.mul_(coef * self.scale).to(buf.head.w_data.dtype)  # the lm_head's backward runs in the model's dtype
+        g = g.to(buf.head.w_data.dtype)  # the lm_head's backward runs in the model's dtype
         gh = torch.mm(g, buf.head.w_data).to(buf.grad_h.dtype)
         if isinstance(rows, slice):
             buf.grad_h[rows] += gh

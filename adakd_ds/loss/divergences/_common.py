@@ -49,7 +49,12 @@ def tau_column(tau: Tensor | float, like: Tensor) -> Tensor:
 
 
 def row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-row dot product sum_v a * b as a batched BLAS dot: no [T, V] temporary, unlike (a * b).sum(-1)."""
+    """Per-row dot product sum_v a * b as a batched BLAS dot: no [T, V] temporary, unlike (a * b).sum(-1).
+
+    Compiled (loss.kernel), the product and the sum fuse into the pass that makes a and b, so no temporary either.
+    """
+    if torch.compiler.is_compiling():
+        return (a * b).sum(-1)
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])
 
 
@@ -64,6 +69,8 @@ def log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
 
 def kl_from_logs(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Per-row KL(p || q) = sum p (log p - log q), from log-probabilities; 0 log 0 = 0 (a -inf logit is a mask)."""
+    if torch.compiler.is_compiling():  # no host sync in a graph: mask where p = 0 (the eager fallback's result)
+        return (log_p.exp() * torch.where(torch.isneginf(log_p), 0.0, log_p - log_q)).sum(-1)
     value = (log_p.exp() * (log_p - log_q)).sum(-1)
     if bool(torch.isnan(value).any()):  # masked entries: -inf - -inf is NaN, but p = 0 there, so they add 0
         diff = (log_p - log_q).masked_fill(torch.isneginf(log_p), 0.0)

@@ -29,8 +29,11 @@ def reverse_kl_with_grad(
     q, log_q = tempered_probs_and_logs(student_logits, tau_col)  # 2 exps per logit in all (1 here, 1 for log p)
     log_p = tempered_log_probs(teacher_logits, tau_col)
     diff = log_q.sub_(log_p)  # log q - log p
+    if torch.compiler.is_compiling():  # loss.kernel compiled: no host sync; the eager NaN branch's result
+        diff = torch.where(q == 0, 0.0, diff)
     values = row_dot(q, diff)
-    if bool(torch.isnan(values).any()):  # -inf masks on both sides: q = 0 contributes 0
+    # -inf masks on both sides: q = 0 contributes 0
+    if not torch.compiler.is_compiling() and bool(torch.isnan(values).any()):
         values = row_dot(q, diff.masked_fill_(q == 0, 0.0))
     if not want_grad:
         return values, None, tau_col
