@@ -233,7 +233,8 @@ def _stop_after_parsing() -> Iterator[io.StringIO]:
         raise ParsedOK("adakd-distill")
 
     err, saved_argv, saved_recipe, saved_preflight = io.StringIO(), sys.argv, recipe.DistillRecipe, preflight.preflight
-    preflight.preflight = _preflight
+    saved_cache_preflight = preflight.preflight_cache
+    preflight.preflight = preflight.preflight_cache = _preflight
     argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
     argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     recipe.DistillRecipe = _Recipe  # type: ignore[misc, assignment]
@@ -245,6 +246,7 @@ def _stop_after_parsing() -> Iterator[io.StringIO]:
         argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = orig_parse, orig_known
         recipe.DistillRecipe = saved_recipe  # type: ignore[misc]
         preflight.preflight = saved_preflight
+        preflight.preflight_cache = saved_cache_preflight
 
 
 def _last_line(text: str) -> str:
