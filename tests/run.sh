@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: install what the tests need, then run them all (CPU only, about 17 minutes on 2 cores).
+# The README's test command: install what the tests need, then run them all (CPU only, about 18 minutes on 2 cores).
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k loss`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
