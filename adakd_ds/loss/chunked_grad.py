@@ -106,16 +106,7 @@ class GradSink:
             else:
                 self.grad[rows].addcmul_(g, coef, value=self.scale)
             return
-        g = g.mul_(coef * self.scale).to(self.grad.dtype)
-        if isinstance(rows, slice):
-            if self.write:
-                self.grad[rows].copy_(g)
-            else:
-                self.grad[rows].add_(g)
-        elif self.write:
-            self.grad.index_copy_(0, rows, g)
-        else:
-            self.grad.index_add_(0, rows, g)
+        self.add_scaled(g.mul_(coef * self.scale))
 
 
 # (student rows in the work dtype, the chunk, a sink or None when no gradient is wanted) -> sum of the chunk's values
